@@ -1,0 +1,452 @@
+"""Per-class SVM training with hard negative mining (R-CNN / SPP-net), streaming images.
+
+Algorithm (one pass = one call of ``images()``, the paper ran one pass):
+
+- The model starts at ``w = 0, b = 0`` for every class, so every negative of the first
+  images scores 0 > ``hard_threshold`` and enters the caches.
+- Per image, all windows are scored with all K classes in one matrix product under the
+  current model.  Per class: positives are the image's non-difficult GT rows of that class
+  (collected in the first pass only); candidate negatives are ``select_negatives`` on the
+  proposal rows (GT rows are never negatives); those scoring above ``hard_threshold`` (and
+  not cached already, which only happens from the second pass on) enter the class's cache.
+  Only the rows entering a cache are scaled and converted, each once per image.
+- A class is retrained once ``retrain_every`` new hard negatives entered its cache since
+  its last retrain (R-CNN's ``retrain_limit`` = 2000), as soon as it has a positive; so a
+  pass retrains a class at most ``added / retrain_every + 1`` times.  After every retrain,
+  cached negatives scoring below ``evict_threshold`` under the new model are evicted.
+  Every class is retrained (and evicted) at the end of each pass.
+- Positives accumulate while the images stream (``images()`` computes fc7 on the fly, so a
+  separate positives pass would double the feature cost); early retrains therefore see the
+  positives of the images seen so far, the end-of-pass retrain sees all of them.
+
+Memory: only the per-class caches (and positives) are held, never the windows of all
+images.  A cache never exceeds ``max_cache_per_class`` rows: when new hard negatives
+would overflow it, the rows scoring lowest under the class's current model (the easiest)
+are dropped first.  Cached rows are the *scaled* features stored in ``cache_dtype``
+(float16 by default: half the memory of float32, score error ~1e-3 on norm-20 features,
+far below the 0.2 margin between the hard and evict thresholds); liblinear trains on a
+float64 copy.  Bound: ``K * max_cache_per_class * D * 2`` bytes plus the positives, e.g.
+20 x 20000 x 4096 x 2 B = 3.3 GB for ZF-5's fc7, plus one class's float64 training copy
+(~0.7 GB) during a retrain.  Each cache row also keeps a key (image, window row) and its
+score under the current model, so eviction and overflow need no extra feature products.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from svm.linear_svm import SVMModel, train_linear_svm
+from svm.negatives import select_negatives
+from svm.windows import ImageWindows
+
+logger = logging.getLogger(__name__)
+
+_CACHE_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass
+class SVMConfig:
+    """Hyper-parameters of SVM training (defaults: the paper / released code)."""
+
+    C: float = 1e-3
+    pos_weight: float = 2.0
+    intercept_scaling: float = 10.0
+    hard_threshold: float = -1.0
+    evict_threshold: float = -1.2
+    neg_iou: float = 0.3
+    neg_overlap: float = 0.7
+    passes: int = 1
+    retrain_every: int = 2000
+    max_cache_per_class: int = 20_000
+    cache_dtype: str = "float16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.C > 0 and self.pos_weight > 0 and self.intercept_scaling > 0):
+            raise ValueError(
+                f"SVMConfig: C, pos_weight and intercept_scaling must be positive, got "
+                f"{self.C}, {self.pos_weight}, {self.intercept_scaling}"
+            )
+        if not self.evict_threshold < self.hard_threshold:
+            raise ValueError(
+                f"SVMConfig: evict_threshold ({self.evict_threshold}) must be below "
+                f"hard_threshold ({self.hard_threshold}), or fresh hard negatives get evicted"
+            )
+        if not (0 < self.neg_iou <= 1 and 0 < self.neg_overlap <= 1):
+            raise ValueError(
+                f"SVMConfig: neg_iou and neg_overlap must be in (0, 1], got "
+                f"{self.neg_iou}, {self.neg_overlap}"
+            )
+        if self.passes < 1 or self.retrain_every < 1 or self.max_cache_per_class < 1:
+            raise ValueError(
+                f"SVMConfig: passes, retrain_every and max_cache_per_class must be >= 1, got "
+                f"{self.passes}, {self.retrain_every}, {self.max_cache_per_class}"
+            )
+        if self.cache_dtype not in _CACHE_DTYPES:
+            raise ValueError(
+                f"SVMConfig: cache_dtype must be one of {sorted(_CACHE_DTYPES)}, got {self.cache_dtype!r}"
+            )
+
+
+@dataclass
+class ClassMiningStats:
+    """What mining did for one class; ``seconds`` covers its negative selection, caching and
+    retrains (``retrain_seconds`` the retrains alone, liblinear plus rescoring)."""
+
+    num_positives: int = 0
+    cache_size: int = 0
+    hard_added: int = 0
+    evicted: int = 0
+    dropped_by_cap: int = 0
+    retrains: int = 0
+    seconds: float = 0.0
+    retrain_seconds: float = 0.0
+
+
+@dataclass
+class MiningStats:
+    """What mining did overall; ``image_seconds`` is time spent inside ``images()``."""
+
+    classes: list[ClassMiningStats]
+    passes: int = 0
+    images_per_pass: list[int] = field(default_factory=list)
+    total_seconds: float = 0.0
+    image_seconds: float = 0.0
+    peak_cache_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class NegativeCache:
+    """Hard negatives of one class: scaled feature rows, their keys, their current scores.
+
+    ``scores`` always hold the scores of the rows under the class's current model (new rows
+    come with the scores they were selected by; a retrain rescores all rows), which is what
+    eviction and the size cap rank by.  A key is ``image_ordinal << 32 | window_row``, the
+    ordinal numbering images in order of first appearance (it deduplicates rows from the
+    second pass on).  Rows live in one buffer that grows by doubling up to ``max_size``;
+    removals fill the holes with the last rows (row order is not meaningful).
+    """
+
+    def __init__(self, dim: int, max_size: int, dtype: type) -> None:
+        self.max_size = max_size
+        self.size = 0
+        self._features = np.empty((0, dim), dtype=dtype)
+        self._keys = np.empty(0, dtype=np.int64)
+        self._scores = np.empty(0, dtype=np.float32)
+
+    @property
+    def features(self) -> np.ndarray:
+        return self._features[: self.size]
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self._keys[: self.size]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self._scores[: self.size]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated (not only used) by the cache."""
+        return self._features.nbytes + self._keys.nbytes + self._scores.nbytes
+
+    def add(self, features: np.ndarray, keys: np.ndarray, scores: np.ndarray) -> int:
+        """Add rows; if that overflows ``max_size``, the lowest-scoring rows (old or new,
+        old ones first on ties) are dropped.  Returns the number of rows dropped."""
+        num_new = len(keys)
+        if num_new == 0:
+            return 0
+        free = self.max_size - self.size
+        if num_new <= free:
+            self._reserve(self.size + num_new)
+            self._write(np.arange(self.size, self.size + num_new), features, keys, scores)
+            self.size += num_new
+            return 0
+        order = np.argsort(-np.concatenate([self.scores, scores]), kind="stable")
+        survivors = np.zeros(self.size + num_new, dtype=bool)
+        survivors[order[: self.max_size]] = True
+        holes = np.flatnonzero(~survivors[: self.size])
+        new_kept = np.flatnonzero(survivors[self.size :])
+        self._reserve(self.max_size)
+        slots = np.concatenate([holes, np.arange(self.size, self.max_size)])
+        self._write(slots, features[new_kept], keys[new_kept], scores[new_kept])
+        dropped = self.size + num_new - self.max_size
+        self.size = self.max_size
+        return dropped
+
+    def rescore(self, weight: np.ndarray, bias: float, chunk: int = 4096) -> None:
+        """Recompute every row's score under a new model (rows are already scaled)."""
+        weight = weight.astype(np.float32)
+        for start in range(0, self.size, chunk):
+            rows = self._features[start : min(start + chunk, self.size)].astype(np.float32)
+            self._scores[start : start + len(rows)] = rows @ weight + np.float32(bias)
+
+    def evict_below(self, threshold: float) -> int:
+        """Remove rows scoring below ``threshold``; returns how many."""
+        drop = np.flatnonzero(self.scores < threshold)
+        self._remove(drop)
+        return len(drop)
+
+    def _remove(self, drop: np.ndarray) -> None:
+        """Remove rows ``drop`` (ascending) by moving the last surviving rows into the holes."""
+        if len(drop) == 0:
+            return
+        new_size = self.size - len(drop)
+        keep_tail = np.ones(self.size - new_size, dtype=bool)
+        keep_tail[drop[drop >= new_size] - new_size] = False
+        movers = np.flatnonzero(keep_tail) + new_size
+        holes = drop[drop < new_size]
+        self._features[holes] = self._features[movers]
+        self._keys[holes] = self._keys[movers]
+        self._scores[holes] = self._scores[movers]
+        self.size = new_size
+
+    def _reserve(self, needed: int) -> None:
+        capacity = len(self._keys)
+        if needed <= capacity:
+            return
+        capacity = min(max(needed, 2 * capacity, 256), self.max_size)
+        features = np.empty((capacity, self._features.shape[1]), dtype=self._features.dtype)
+        keys = np.empty(capacity, dtype=np.int64)
+        scores = np.empty(capacity, dtype=np.float32)
+        features[: self.size] = self.features
+        keys[: self.size] = self.keys
+        scores[: self.size] = self.scores
+        self._features, self._keys, self._scores = features, keys, scores
+
+    def _write(self, slots: np.ndarray, features: np.ndarray, keys: np.ndarray, scores: np.ndarray) -> None:
+        self._features[slots] = features
+        self._keys[slots] = keys
+        self._scores[slots] = scores
+
+
+class HardNegativeMiner:
+    """State of hard negative mining: the current K SVMs, positives and negative caches.
+
+    ``train_svms`` is the usual entry point; this class exposes the state (``caches``,
+    ``positives``, ``model()``) between images for inspection and tests.
+    """
+
+    def __init__(self, num_classes: int, feature_scale: float, config: SVMConfig) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not (np.isfinite(feature_scale) and feature_scale > 0):
+            raise ValueError(f"feature_scale must be positive, got {feature_scale}")
+        self.num_classes = num_classes
+        self.feature_scale = float(feature_scale)
+        self.config = config
+        self.dtype = _CACHE_DTYPES[config.cache_dtype]
+        self.weights: np.ndarray | None = None  # K x D, created with the first image
+        self.biases = np.zeros(num_classes, dtype=np.float32)
+        self.caches: list[NegativeCache] = []
+        self.positives: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+        self.stats = MiningStats(classes=[ClassMiningStats() for _ in range(num_classes)])
+        self._added_since_retrain = np.zeros(num_classes, dtype=np.int64)
+        self._image_codes: dict[str, int] = {}
+
+    def model(self) -> SVMModel:
+        """The current SVMs (a copy)."""
+        if self.weights is None:
+            raise RuntimeError("no image seen yet: the feature dimension is unknown")
+        return SVMModel(self.weights.copy(), self.biases.copy(), self.feature_scale)
+
+    def run(self, images: Callable[[], Iterable[ImageWindows]], progress: bool = True) -> SVMModel:
+        """Mine ``config.passes`` passes over ``images()`` and return the final model."""
+        start = time.perf_counter()
+        for pass_index in range(self.config.passes):
+            self._run_pass(images(), pass_index, progress)
+        if self.weights is None:
+            raise ValueError("images() yielded no image: nothing to train on")
+        self.stats.total_seconds = time.perf_counter() - start
+        for label, class_stats in enumerate(self.stats.classes):
+            class_stats.cache_size = self.caches[label].size
+            logger.info("SVM class %d: %s", label, class_stats)
+        logger.info(
+            "SVM mining: %d pass(es), %s images, %.1f s (%.1f s producing images), "
+            "peak cache %.1f MiB",
+            self.stats.passes, self.stats.images_per_pass, self.stats.total_seconds,
+            self.stats.image_seconds, self.stats.peak_cache_bytes / 2**20,
+        )
+        model = self.model()
+        model.training_stats = self.stats.as_dict()
+        return model
+
+    def _run_pass(self, image_iterable: Iterable[ImageWindows], pass_index: int, progress: bool) -> None:
+        total = len(image_iterable) if hasattr(image_iterable, "__len__") else None
+        seen: set[str] = set()
+        bar = tqdm(
+            total=total, disable=not progress, desc=f"SVM mining pass {pass_index + 1}/{self.config.passes}"
+        )
+        iterator = iter(image_iterable)
+        while True:
+            wait_start = time.perf_counter()
+            windows = next(iterator, None)
+            self.stats.image_seconds += time.perf_counter() - wait_start
+            if windows is None:
+                break
+            if windows.image_id in seen:
+                raise ValueError(
+                    f"image id {windows.image_id!r} appears twice in one pass: ids must be unique "
+                    "(give flipped copies their own id)"
+                )
+            seen.add(windows.image_id)
+            self._process_image(windows, first_pass=pass_index == 0)
+            bar.update(1)
+        bar.close()
+        for label in range(self.num_classes):
+            if self.positives[label] and self.caches and self.caches[label].size:
+                self._retrain(label)
+            elif self.weights is not None:
+                logger.warning(
+                    "SVM class %d has %d positive and %d cached negative windows: left at w = 0",
+                    label, self.stats.classes[label].num_positives,
+                    self.caches[label].size if self.caches else 0,
+                )
+        self.stats.passes += 1
+        self.stats.images_per_pass.append(len(seen))
+
+    def _process_image(self, windows: ImageWindows, first_pass: bool) -> None:
+        """Collect positives and hard negatives of one image; retrain classes that are due."""
+        self._check_and_allocate(windows)
+        code = self._image_codes.setdefault(windows.image_id, len(self._image_codes))
+        config = self.config
+        features = windows.features
+        scores = features @ self.weights.T * np.float32(self.feature_scale) + self.biases
+        positive_rows = self._positive_rows(windows) if first_pass else {}
+        hard_rows = [
+            self._hard_negative_rows(label, negatives, scores, code, first_pass)
+            for label, negatives in enumerate(self._negative_rows(windows))
+        ]
+        # Scale and convert only the rows that enter a cache, each once.
+        needed = np.unique(np.concatenate([*positive_rows.values(), *hard_rows]))
+        scaled = (features[needed] * np.float32(self.feature_scale)).astype(self.dtype)
+        if not np.isfinite(scaled).all():
+            raise ValueError(
+                f"image {windows.image_id!r}: scaled features are not finite in {config.cache_dtype}"
+            )
+        for label, rows in positive_rows.items():
+            self.positives[label].append(scaled[np.searchsorted(needed, rows)])
+            self.stats.classes[label].num_positives += len(rows)
+        for label, rows in enumerate(hard_rows):
+            class_start = time.perf_counter()
+            class_stats = self.stats.classes[label]
+            keys = (np.int64(code) << 32) | rows
+            class_stats.dropped_by_cap += self.caches[label].add(
+                scaled[np.searchsorted(needed, rows)], keys, scores[rows, label]
+            )
+            class_stats.hard_added += len(rows)
+            self._added_since_retrain[label] += len(rows)
+            class_stats.seconds += time.perf_counter() - class_start
+            if self._added_since_retrain[label] >= config.retrain_every and self.positives[label]:
+                self._retrain(label)
+        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self._held_bytes())
+
+    @staticmethod
+    def _positive_rows(windows: ImageWindows) -> dict[int, np.ndarray]:
+        """Rows of the non-difficult GT boxes, per class present."""
+        usable = ~windows.gt_difficult
+        return {
+            int(label): np.flatnonzero((windows.gt_labels == label) & usable)
+            for label in np.unique(windows.gt_labels[usable])
+        }
+
+    def _negative_rows(self, windows: ImageWindows) -> list[np.ndarray]:
+        """Per class, the rows of the image's negatives (proposal rows only)."""
+        config = self.config
+        proposals = windows.boxes[windows.num_gt:]
+        without_gt = None  # the same for every class absent from the image: computed once
+        negatives = []
+        for label in range(self.num_classes):
+            start = time.perf_counter()
+            gt_of_class = windows.gt_boxes[windows.gt_labels == label]
+            if len(gt_of_class):
+                rows = select_negatives(proposals, gt_of_class, config.neg_iou, config.neg_overlap)
+            else:
+                if without_gt is None:
+                    without_gt = select_negatives(proposals, gt_of_class, config.neg_iou, config.neg_overlap)
+                rows = without_gt
+            negatives.append(rows + windows.num_gt)
+            self.stats.classes[label].seconds += time.perf_counter() - start
+        return negatives
+
+    def _hard_negative_rows(
+        self, label: int, negatives: np.ndarray, scores: np.ndarray, code: int, first_pass: bool
+    ) -> np.ndarray:
+        """The rows of ``negatives`` scoring above the hard threshold and not cached yet."""
+        rows = negatives[scores[negatives, label] > self.config.hard_threshold]
+        if not first_pass:
+            keys = (np.int64(code) << 32) | rows
+            rows = rows[~np.isin(keys, self.caches[label].keys)]
+        return rows
+
+    def _check_and_allocate(self, windows: ImageWindows) -> None:
+        dim = windows.features.shape[1]
+        if self.weights is None:
+            self.weights = np.zeros((self.num_classes, dim), dtype=np.float32)
+            self.caches = [
+                NegativeCache(dim, self.config.max_cache_per_class, self.dtype)
+                for _ in range(self.num_classes)
+            ]
+        if dim != self.weights.shape[1]:
+            raise ValueError(
+                f"image {windows.image_id!r}: features have dimension {dim}, "
+                f"earlier images {self.weights.shape[1]}"
+            )
+        labels = windows.gt_labels
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"image {windows.image_id!r}: GT labels {labels.tolist()} outside [0, {self.num_classes})"
+            )
+
+    def _retrain(self, label: int) -> None:
+        """Retrain one class on its positives and cache, then evict easy negatives."""
+        start = time.perf_counter()
+        config = self.config
+        cache = self.caches[label]
+        positives = np.concatenate(self.positives[label])
+        weight, bias = train_linear_svm(
+            positives, cache.features, C=config.C, pos_weight=config.pos_weight,
+            intercept_scaling=config.intercept_scaling, seed=config.seed,
+        )
+        self.weights[label] = weight
+        self.biases[label] = bias
+        cache.rescore(weight, bias)
+        evicted = cache.evict_below(config.evict_threshold)
+        class_stats = self.stats.classes[label]
+        class_stats.evicted += evicted
+        class_stats.retrains += 1
+        self._added_since_retrain[label] = 0
+        seconds = time.perf_counter() - start
+        class_stats.seconds += seconds
+        class_stats.retrain_seconds += seconds
+        logger.debug(
+            "SVM class %d retrain %d: %d pos, %d neg, evicted %d, %.2f s",
+            label, class_stats.retrains, len(positives), cache.size + evicted, evicted, seconds,
+        )
+
+    def _held_bytes(self) -> int:
+        cached = sum(cache.nbytes for cache in self.caches)
+        positives = sum(rows.nbytes for per_class in self.positives for rows in per_class)
+        return cached + positives
+
+
+def train_svms(
+    images: Callable[[], Iterable[ImageWindows]],
+    num_classes: int,
+    feature_scale: float,
+    config: SVMConfig,
+    progress: bool = True,
+) -> SVMModel:
+    """Train K SVMs with hard negative mining; ``images()`` gives a fresh iterator per pass.
+
+    The returned model carries the mining record in ``training_stats`` (also logged).
+    """
+    return HardNegativeMiner(num_classes, feature_scale, config).run(images, progress)

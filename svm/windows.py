@@ -1,0 +1,60 @@
+"""The plain data the SVM stage consumes: fc7 features of every window of one image.
+
+Contract (the pipeline builds one ``ImageWindows`` per image, on the fly):
+
+- ``boxes`` = ``concatenate([gt_boxes, proposals])``: rows ``0..G-1`` of ``features`` and
+  ``boxes`` are the image's ground-truth boxes themselves (all of them, difficult ones
+  included, in the order of ``gt_boxes``); rows ``G..M-1`` are the proposals.
+- ``features`` are the *unscaled* fc7 features (the SVM model applies its own scale).
+- Boxes follow the project convention (continuous ``x1, y1, x2, y2``, see
+  ``detector.boxes``); ``gt_labels`` index the class list, ``gt_difficult`` flags
+  VOC "difficult" objects.
+- ``image_id`` must be unique within one pass over the training images (a flipped copy
+  needs its own id, e.g. ``"000005_flip"``): the miner keys cached windows by it.
+
+Nothing here depends on the network: any producer of these arrays can feed the SVMs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ImageWindows:
+    """fc7 features and boxes of the windows of one image, GT boxes first."""
+
+    image_id: str
+    features: np.ndarray
+    boxes: np.ndarray
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+    gt_difficult: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.features = np.asarray(self.features, dtype=np.float32)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.gt_boxes = np.asarray(self.gt_boxes, dtype=np.float32).reshape(-1, 4)
+        self.gt_labels = np.asarray(self.gt_labels, dtype=np.int64).reshape(-1)
+        self.gt_difficult = np.asarray(self.gt_difficult, dtype=bool).reshape(-1)
+        where = f"ImageWindows {self.image_id!r}"
+        num_gt = len(self.gt_boxes)
+        if self.features.ndim != 2:
+            raise ValueError(f"{where}: features must be M x D, got shape {self.features.shape}")
+        if len(self.features) != len(self.boxes):
+            raise ValueError(
+                f"{where}: {len(self.features)} feature rows but {len(self.boxes)} boxes"
+            )
+        if len(self.gt_labels) != num_gt or len(self.gt_difficult) != num_gt:
+            raise ValueError(
+                f"{where}: {num_gt} GT boxes, {len(self.gt_labels)} labels, "
+                f"{len(self.gt_difficult)} difficult flags"
+            )
+        if len(self.boxes) < num_gt or not np.allclose(self.boxes[:num_gt], self.gt_boxes, atol=1e-3):
+            raise ValueError(f"{where}: the first {num_gt} rows of boxes must be the GT boxes")
+
+    @property
+    def num_gt(self) -> int:
+        """Number of GT rows at the top of ``features`` / ``boxes``."""
+        return len(self.gt_boxes)
