@@ -1,0 +1,242 @@
+"""Tests of detector.backbones: registry, derived geometry, pretrained fc layout, loading."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detector.backbones import (BACKBONES, Backbone, WithinChannelLRN, build_backbone, layout_fc6,
+                                register_backbone, spp_fc_from_classifier)
+from detector.geometry import TrunkGeometry
+from detector.spp import SpatialPyramidPooling
+
+# name, options, channels, stride
+TRUNKS = [("zf5", {}, 256, 16), ("alexnet", {"weights": "none"}, 256, 16),
+          ("vgg16", {"weights": "none"}, 512, 16), ("efficientnet_lite0", {}, 112, 16),
+          ("efficientnet_lite0", {"feature_stride": 32}, 320, 32)]
+
+
+@pytest.fixture(scope="module")
+def trunks() -> dict[str, Backbone]:
+    torch.manual_seed(0)
+    return {f"{name}{options}": build_backbone(name, **options) for name, options, _, _ in TRUNKS}
+
+
+def linearised(trunk: nn.Module) -> nn.Module:
+    """Copy of a trunk with every non-linearity removed (max pool -> average pool of the same
+    geometry): its input gradient then covers each cell's whole receptive field."""
+    trunk = copy.deepcopy(trunk)
+    for parent in list(trunk.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (nn.ReLU, nn.ReLU6, WithinChannelLRN)):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                   ceil_mode=child.ceil_mode))
+    return trunk
+
+
+def test_registry_adds_a_backbone_with_one_decorated_function():
+    @register_backbone("tiny_test_trunk")
+    def tiny(weights=None, levels=(2, 1)):
+        trunk = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        return Backbone("tiny_test_trunk", trunk, mean=(0.5,) * 3, std=(0.25,) * 3, levels=levels)
+
+    try:
+        backbone = build_backbone("tiny_test_trunk")
+        assert backbone.channels == 5 and backbone.levels == (2, 1)
+        assert backbone.geometry == TrunkGeometry(stride=4, offset0=2.0, margin=0.5)
+        with pytest.raises(ValueError, match="already registered"):
+            register_backbone("tiny_test_trunk")(tiny)
+    finally:
+        BACKBONES.pop("tiny_test_trunk")
+
+
+def test_unknown_backbone_lists_the_available_ones():
+    with pytest.raises(ValueError) as error:
+        build_backbone("resnet9000")
+    for name in ("efficientnet_lite0", "zf5", "alexnet", "vgg16"):
+        assert name in str(error.value)
+
+
+@pytest.mark.parametrize("name, options, channels, stride", TRUNKS)
+def test_geometry_channels_and_map_sizes(trunks, name, options, channels, stride):
+    backbone = trunks[f"{name}{options}"]
+    assert backbone.channels == channels and backbone.geometry.stride == stride
+    assert backbone.geometry.margin == stride / 2 - 1.5
+    if name == "zf5":
+        assert backbone.geometry == TrunkGeometry(16, 21.0, 6.5)
+    for height, width in ((224, 224), (300, 451), (130, 97)):
+        with torch.no_grad():
+            conv_map = backbone(torch.zeros((1, 3, height, width)))
+        assert conv_map.shape[1] == channels
+        for size, cells in zip((height, width), conv_map.shape[2:]):
+            assert math.ceil(size / stride) - 2 <= cells <= math.ceil(size / stride)
+
+
+@pytest.mark.parametrize("name, options, channels, stride", TRUNKS)
+def test_derived_offset_is_the_receptive_field_centre(trunks, name, options, channels, stride):
+    # independent check of derive_geometry: the input-gradient support of a map cell of the
+    # linearised trunk is its receptive field, centred on offset0 - 1 + i * stride (0-based)
+    backbone = trunks[f"{name}{options}"]
+    trunk = linearised(backbone.trunk)
+    width = 1024 if stride == 32 else 480
+    image = torch.randn((1, 3, 64, width), requires_grad=True)
+    conv_map = trunk(image)
+    row, column = conv_map.shape[2] // 2, conv_map.shape[3] // 2
+    conv_map[0, :, row, column].sum().backward()
+    support = torch.nonzero(image.grad.abs().sum(dim=(0, 1, 2)) > 0).flatten()
+    first, last = int(support[0]), int(support[-1])
+    assert 0 < first and last < width - 1  # the field is not cut by the border
+    assert (first + last) / 2 == backbone.geometry.offset0 - 1 + column * stride
+
+
+def test_pretrained_fc_alexnet_from_a_file_and_from_the_hub_cache(tmp_path, monkeypatch):
+    from torchvision.models import AlexNet_Weights, alexnet
+
+    torch.manual_seed(1)
+    model = alexnet(weights=None).eval()
+    path = tmp_path / "alexnet.pth"
+    torch.save(model.state_dict(), path)
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / Path(AlexNet_Weights.IMAGENET1K_V1.url).name).symlink_to(path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    image = torch.randn((1, 3, 224, 224))
+    with torch.no_grad():
+        pool5 = model.avgpool(model.features(image)).flatten(1)
+        fc6 = model.classifier[1](pool5)
+        fc7 = model.classifier[4](torch.relu(fc6))
+    for weights in (str(path), "imagenet", None):
+        backbone = build_backbone("alexnet", weights=weights)
+        fc = backbone.pretrained_fc
+        assert fc["fc6.weight"].shape == (4096, 256 * 50)
+        with torch.no_grad():
+            pooled = SpatialPyramidPooling(backbone.levels)(backbone(image))
+            ours6 = F.linear(pooled, fc["fc6.weight"], fc["fc6.bias"])
+            ours7 = F.linear(torch.relu(ours6), fc["fc7.weight"], fc["fc7.bias"])
+        torch.testing.assert_close(ours6, fc6, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours7, fc7, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="must contain level 6"):
+        build_backbone("alexnet", weights=str(path), levels=(4, 2, 1))
+
+
+def test_pretrained_fc_vgg16_reproduces_fc6_fc7():
+    from torchvision.models import vgg16
+
+    torch.manual_seed(2)
+    model = vgg16(weights=None).eval()
+    levels = (7, 3, 2, 1)
+    fc = spp_fc_from_classifier(model.classifier, 512, 7, levels)
+    image = torch.randn((1, 3, 224, 224))
+    with torch.no_grad():
+        conv5 = model.features[:-1](image)
+        pool5 = model.avgpool(model.features[-1](conv5)).flatten(1)
+        fc6 = model.classifier[0](pool5)
+        fc7 = model.classifier[3](torch.relu(fc6))
+        ours6 = F.linear(SpatialPyramidPooling(levels)(conv5), fc["fc6.weight"], fc["fc6.bias"])
+        ours7 = F.linear(torch.relu(ours6), fc["fc7.weight"], fc["fc7.bias"])
+    torch.testing.assert_close(ours6, fc6, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours7, fc7, rtol=1e-4, atol=1e-5)
+
+
+def test_layout_fc6_places_the_grid_level_and_zeros_the_rest():
+    weight = torch.randn((3, 2 * 4))
+    laid_out = layout_fc6(weight, channels=2, grid=2, levels=(3, 2, 1))
+    assert laid_out.shape == (3, 2 * 14)
+    assert torch.equal(laid_out[:, 18:26], weight)
+    assert not laid_out[:, :18].any() and not laid_out[:, 26:].any()
+    with pytest.raises(ValueError, match="inputs"):
+        layout_fc6(weight, channels=3, grid=2, levels=(2, 1))
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_missing_cached_weights_is_a_clear_error(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="--weights PATH"):
+        build_backbone(name)
+
+
+def test_bad_weight_files_are_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_backbone("zf5", weights=str(tmp_path / "missing.pth"))
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.pth"):
+        build_backbone("zf5", weights=str(broken))
+    other = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="other.pth"):
+        build_backbone("zf5", weights=str(other))
+    with pytest.raises(ValueError, match="cannot load EfficientNet"):
+        build_backbone("efficientnet_lite0", weights=str(other))
+    with pytest.raises(ValueError, match="ImageNet"):
+        build_backbone("zf5", weights="imagenet")
+    with pytest.raises(ValueError, match="feature_stride"):
+        build_backbone("efficientnet_lite0", feature_stride=8)
+
+
+def test_zf5_weights_round_trip(tmp_path, trunks):
+    backbone = trunks["zf5{}"]
+    path = tmp_path / "zf5.pth"
+    torch.save(backbone.trunk.state_dict(), path)
+    loaded = build_backbone("zf5", weights=str(path))
+    image = torch.randn((1, 3, 100, 120))
+    with torch.no_grad():
+        assert torch.equal(loaded(image), backbone(image))
+    assert loaded.pretrained_fc is None
+
+
+def test_within_channel_lrn_equals_caffe_definition():
+    x = torch.randn((2, 3, 6, 7), dtype=torch.float64) * 30
+    lrn = WithinChannelLRN(size=3, alpha=5e-5, beta=0.75)
+    padded = F.pad(x, (1, 1, 1, 1))
+    expected = torch.empty_like(x)
+    for i in range(6):
+        for j in range(7):
+            square_sum = (padded[:, :, i:i + 3, j:j + 3] ** 2).sum(dim=(2, 3))
+            expected[:, :, i, j] = x[:, :, i, j] / (1 + 5e-5 / 9 * square_sum) ** 0.75
+    torch.testing.assert_close(lrn(x), expected)
+
+
+def test_efficientnet_loads_packaged_weights_offline(trunks):
+    for key, channels in (("efficientnet_lite0{}", 112), ("efficientnet_lite0{'feature_stride': 32}", 320)):
+        backbone = trunks[key]
+        assert backbone.channels == channels and backbone.pretrained_fc is None
+        assert backbone.mean == pytest.approx((127 / 255,) * 3)
+        assert backbone.std == pytest.approx((128 / 255,) * 3)
+        # packaged (pretrained) weights, not a random init: BatchNorm statistics were learnt
+        running_var = backbone.trunk.bn.running_var
+        assert not torch.equal(running_var, torch.ones_like(running_var))
+
+
+def test_prepare_resizes_flips_and_normalises(trunks):
+    backbone = trunks["efficientnet_lite0{}"]
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    factor = 1.7
+    for flip in (False, True):
+        batch = backbone.prepare(image, factor, flip=flip)
+        height, width = round(37 * factor), round(53 * factor)
+        assert batch.shape == (1, 3, height, width) and batch.dtype == torch.float32
+        source = np.ascontiguousarray(image[:, ::-1]) if flip else image
+        expected = cv2.resize(source, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+        expected = (expected / 255 - np.array(backbone.mean)) / np.array(backbone.std)
+        np.testing.assert_allclose(batch[0].numpy().transpose(1, 2, 0), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        backbone.prepare(image.astype(np.float32), 1.0)
+
+
+def test_trunk_is_frozen_and_stays_in_eval_mode(trunks):
+    backbone = trunks["efficientnet_lite0{}"]
+    backbone.train()
+    assert not backbone.trunk.training
+    assert not any(p.requires_grad for p in backbone.parameters())
+    backbone.eval()
