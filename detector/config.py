@@ -39,7 +39,7 @@ class Config:
     fc_width: int = 1024
     dropout: float = 0.5
     batch_size: int = 128
-    images_per_batch: int = 2
+    bank_windows_per_image: int = 64  # windows pooled once per image (and per flip) for fine-tuning
     fg_fraction: float = 0.25
     fg_iou: float = 0.5
     bg_iou_low: float = 0.1

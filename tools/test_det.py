@@ -1,10 +1,14 @@
+#!/usr/bin/env python
 """Test a detector on a VOC split, or evaluate devkit result files already written.
 
+    python tools/test_det.py [--voc-root ROOT --split SPLIT] --model DIR/model.pt --out DIR2
     python tools/test_det.py --voc-root ROOT --split SPLIT --eval-only DIR [--metric voc07|voc10]
-                             [--classes CLASS ...]
 
+With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json and
+DIR2/metrics.json and prints the AP table, the COCO metrics and seconds per image per stage.
+With no --voc-root it tests on the embedded demo dataset's test split.
 ``--eval-only DIR`` reads ``DIR/comp4_det_<split>_<class>.txt``, prints the AP table and
-writes ``DIR/metrics.json``.
+writes ``DIR/metrics.json`` (a class with no result file has AP 0).
 """
 from __future__ import annotations
 
@@ -14,24 +18,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.cli import setup_logging  # noqa: E402
+from detector.cli import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
 from detector.evaluation import evaluate_result_dir, format_ap_table  # noqa: E402
+from detector.model import load_model  # noqa: E402
+from detector.testing import evaluate_on_split  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc-root", type=Path, required=True, help="dataset folder in the VOC layout")
-    parser.add_argument("--split", required=True, help="split name (ImageSets/Main/<split>.txt)")
+    add_dataset_arguments(parser, default_demo_split="test")
+    parser.add_argument("--model", type=Path, help="model.pt written by tools/train_det.py")
+    parser.add_argument("--out", type=Path, help="folder for result files and metrics.json")
     parser.add_argument("--eval-only", type=Path, metavar="DIR",
                         help="evaluate the devkit result files in DIR instead of running a model")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
                         help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
-    parser.add_argument("--classes", nargs="+", metavar="CLASS",
-                        help="class list (default: the classes found in the split's annotations)")
+    parser.add_argument("--scorer", choices=("svm", "softmax"),
+                        help="score windows with the SVMs (default, as the paper) or the fc8 softmax")
+    parser.add_argument("--device", help="cpu or cuda (default: the model's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.eval_only is None:
-        parser.error("--eval-only DIR is required (testing a model arrives with the detection pipeline)")
+    if args.eval_only is not None:
+        if args.voc_root is None or args.split is None:
+            parser.error("--eval-only needs --voc-root and --split")
+    elif args.model is None or args.out is None:
+        parser.error("give --model MODEL --out DIR to test a model, or --eval-only DIR")
     return args
 
 
@@ -39,11 +51,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
     try:
-        metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,
-                                      use_07_metric=args.metric == "voc07")
+        if args.eval_only is not None:
+            metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,
+                                          use_07_metric=args.metric == "voc07")
+            print(format_ap_table(metrics))
+            return
+        model = load_model(args.model, args.device)
+        if args.scorer:
+            model.config.scorer = args.scorer
+        dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
+        model.attach_dataset(dataset.root)
+        evaluate_on_split(model, dataset, args.out, use_07_metric=args.metric == "voc07",
+                          progress=not args.quiet)
     except (FileNotFoundError, ValueError) as error:  # bad input: the message names the file
         raise SystemExit(f"test_det.py: {error}") from error
-    print(format_ap_table(metrics))
 
 
 if __name__ == "__main__":

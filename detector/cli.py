@@ -1,0 +1,68 @@
+"""Argument handling shared by the command-line tools (dataset choice, config overrides, logging)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from detector.config import PRESETS, Config, make_config
+from detector.demo_data import make_demo_dataset
+from detector.voc import VOCDataset, load_voc
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, default_demo_split: str) -> None:
+    """--voc-root / --split / --classes; no --voc-root means the embedded demo dataset."""
+    parser.add_argument("--voc-root", type=Path,
+                        help="VOC2007-style folder (Annotations/, JPEGImages/, ImageSets/Main/); "
+                             "default: the embedded demo dataset, generated on first use")
+    parser.add_argument("--split", help=f"split file name in ImageSets/Main "
+                                        f"(default: train; {default_demo_split} on the demo data)")
+    parser.add_argument("--classes", nargs="+", help="class names (default: from the annotations)")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset / --config / --set and the common shortcuts."""
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                        help="cpu: sized for a 2-core machine (default); paper: the paper's GPU schedule")
+    parser.add_argument("--config", type=Path, help="JSON file of config overrides")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. --set iterations=2000 fc_width=512")
+    parser.add_argument("--backbone", help="trunk name (efficientnet_lite0, zf5, alexnet, vgg16)")
+    parser.add_argument("--weights", help="trunk weights: a file, 'imagenet' or 'none'")
+    parser.add_argument("--scales", nargs="+", type=int, help="short-side scales, e.g. 688 or 480 576 688 864 1200")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--workers", type=int, help="processes for selective search")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config named by --preset, --config, --set and the shortcuts (shortcuts win)."""
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key] = value
+    for key in ("backbone", "weights", "scales", "seed", "device", "workers"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    try:
+        return make_config(args.preset, overrides, args.config)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+
+
+def dataset_from_args(args: argparse.Namespace, default_demo_split: str,
+                      classes: list[str] | None = None) -> VOCDataset:
+    """Load the split named by the arguments (building the demo dataset when none is named)."""
+    root = args.voc_root if args.voc_root is not None else make_demo_dataset()
+    split = args.split or ("train" if args.voc_root is not None else default_demo_split)
+    try:
+        return load_voc(root, split, classes or args.classes)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot load {root} split {split!r}: {error}") from error
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -1,0 +1,111 @@
+"""Detection on one image: conv maps, pooling, fc, scoring, box regression, NMS.
+
+Every proposal is scored by every class (SVM margins on fc7, or the fc8 softmax), each class's
+windows are moved by that class's box regressor and clipped to the image, then NMS at IoU 0.3
+per class (``torchvision.ops.batched_nms``) and at most ``max_per_image`` detections per image
+by score.  Windows scoring below ``score_threshold`` are dropped before regression and NMS: they
+could never reach the top 100 and would cost time.  Seconds per stage are accumulated in a
+``StageTimer`` so a test run can print where its time goes.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from detector.geometry import select_scales
+from detector.model import DetectorModel
+from detector.pooling import pool_windows
+from detector.records import ImageRecord
+
+STAGES = ("proposals", "conv", "pooling", "fc", "scoring", "regression", "nms")
+
+
+@dataclass
+class StageTimer:
+    """Seconds spent per pipeline stage, summed over images."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    images: int = 0
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def per_image(self) -> dict[str, float]:
+        """Mean seconds per image for every stage, plus the total."""
+        n = max(self.images, 1)
+        table = {name: self.seconds.get(name, 0.0) / n for name in STAGES}
+        table["total"] = sum(table.values())
+        return table
+
+
+@dataclass
+class ImageDetections:
+    """Final detections of one image: boxes (N x 4), scores (N,), class indices (N,)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
+                    timer: StageTimer, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled pyramid features and fc7 features of the windows, each at its best scale."""
+    with timer.stage("conv"):
+        maps = model.provider.get_scales(record, model.scales, flip=False)
+    with timer.stage("pooling"):
+        scale_index = select_scales(boxes, record.height, record.width, model.scales,
+                                    model.config.max_side)
+        pooled = pool_windows(model.spp, model.backbone.geometry, maps, boxes, scale_index)
+    with timer.stage("fc"), torch.inference_mode():
+        device = next(model.head.parameters()).device
+        fc7 = torch.cat([model.head.features(pooled[i:i + batch].to(device)).cpu()
+                         for i in range(0, len(pooled), batch)]) if len(pooled) else \
+            torch.zeros((0, model.head.fc7.out_features))
+    return pooled, fc7
+
+
+def score_windows(model: DetectorModel, fc7: torch.Tensor) -> np.ndarray:
+    """Scores (N x K) of every window for every class: SVM margins or softmax probabilities."""
+    if model.config.scorer == "svm":
+        return model.svm.scores(fc7.numpy())
+    with torch.inference_mode():
+        device = next(model.head.parameters()).device
+        probs = torch.softmax(model.head.fc8(fc7.to(device)), dim=1).cpu()
+    return probs[:, 1:].numpy()
+
+
+def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
+           timer: StageTimer) -> ImageDetections:
+    """Run the test pipeline on one image's proposals."""
+    boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
+    pooled, fc7 = window_features(model, record, boxes, timer)
+    with timer.stage("scoring"):
+        scores = score_windows(model, fc7)
+        rows, classes = np.nonzero(scores > model.config.score_threshold)
+        kept_scores = scores[rows, classes]
+    with timer.stage("regression"):
+        if model.regressor is not None and len(rows):
+            kept_boxes = model.regressor.apply(pooled[rows].numpy(), boxes[rows], classes,
+                                               record.width, record.height)
+        else:
+            kept_boxes = boxes[rows]
+    with timer.stage("nms"):
+        keep = batched_nms(torch.from_numpy(np.ascontiguousarray(kept_boxes, np.float32)),
+                           torch.from_numpy(kept_scores.astype(np.float32)),
+                           torch.from_numpy(classes), model.config.nms_iou).numpy()
+        keep = keep[: model.config.max_per_image]  # batched_nms returns indices by score
+    timer.images += 1
+    return ImageDetections(np.asarray(kept_boxes[keep], np.float32), kept_scores[keep],
+                           classes[keep].astype(np.int64))

@@ -1,0 +1,54 @@
+"""The fully connected head on top of the pooled pyramid: fc6, fc7 and fc8 (K + 1 outputs).
+
+Only these layers are trained (the conv trunk is frozen, so its maps are cached).  The input
+is standardised per dimension with statistics measured once on training windows and stored
+as buffers, so a checkpoint carries its feature normalisation.  For trunks with pretrained
+fc6/fc7 (AlexNet, VGG16) the normalisation is the identity so the pretrained layers see the
+features they were trained on.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SPPHead(nn.Module):
+    """Normalise -> fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8."""
+
+    def __init__(self, in_features: int, width: int, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(in_features))
+        self.register_buffer("feature_std", torch.ones(in_features))
+        self.fc6 = nn.Linear(in_features, width)
+        self.fc7 = nn.Linear(width, width)
+        self.fc8 = nn.Linear(width, num_classes + 1)
+        self.dropout = nn.Dropout(dropout)
+        for layer in (self.fc6, self.fc7, self.fc8):  # Caffe's gaussian(0.01) init, as the paper
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def set_normalisation(self, sample: torch.Tensor) -> None:
+        """Standardise with the per-dimension mean/std of a sample of pooled features."""
+        self.feature_mean.copy_(sample.mean(dim=0))
+        self.feature_std.copy_(sample.std(dim=0).clamp_min(1e-3))
+
+    def load_pretrained_fc(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy pretrained fc6/fc7 (already laid out for the pyramid by the backbone)."""
+        for name in ("fc6", "fc7"):
+            layer = getattr(self, name)
+            weight, bias = weights[f"{name}.weight"], weights[f"{name}.bias"]
+            if weight.shape != layer.weight.shape:
+                raise ValueError(f"pretrained {name} is {tuple(weight.shape)} but the head needs "
+                                 f"{tuple(layer.weight.shape)}: set fc_width={weight.shape[0]}")
+            layer.weight.data.copy_(weight)
+            layer.bias.data.copy_(bias)
+
+    def features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """fc7 activations (after ReLU), the SVMs' input."""
+        x = (pooled.float() - self.feature_mean) / self.feature_std
+        x = self.dropout(torch.relu(self.fc6(x)))
+        return self.dropout(torch.relu(self.fc7(x)))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """fc8 logits over background (index 0) and the K classes."""
+        return self.fc8(self.features(pooled))
