@@ -22,8 +22,10 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, default_demo_split: s
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset / --config / --set and the common shortcuts."""
-    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                        help="cpu: sized for a 2-core machine (default); paper: the paper's GPU schedule")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="cpu: sized for a 2-core machine (default with --voc-root); demo: the "
+                             "demo data's quick setting (default without --voc-root); paper: the "
+                             "paper's GPU schedule")
     parser.add_argument("--config", type=Path, help="JSON file of config overrides")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. --set iterations=2000 fc_width=512")
@@ -46,8 +48,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for key in ("backbone", "weights", "scales", "seed", "device", "workers"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
+    preset = args.preset or ("cpu" if args.voc_root is not None else "demo")
     try:
-        return make_config(args.preset, overrides, args.config)
+        return make_config(preset, overrides, args.config)
     except ValueError as error:
         raise SystemExit(str(error)) from error
 

@@ -3,6 +3,9 @@
 Presets:
 - ``cpu`` (default): sized for a 2-core CPU: 1024-wide fc layers and a short schedule so that
   fine-tuning on 2000 images takes at most ~15 minutes.
+- ``demo``: the embedded demo dataset's default (the tools pick it when no --voc-root is given):
+  one scale (its images are small), 512-wide fc layers and 1000 iterations, so the README's
+  train + test run finishes in minutes on a laptop.
 - ``paper``: the paper's ZF-5 setting for a GPU: 4096-wide fc layers, five scales,
   lr 1e-4 for 250k mini-batches then 1e-5 for 50k.
 
@@ -73,6 +76,13 @@ class Config:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
+    "demo": {
+        "scales": (480,),
+        "fc_width": 512,
+        "iterations": 1000,
+        "lr_steps": (700,),
+        "checkpoint_every": 250,
+    },
     "paper": {
         "backbone": "zf5",
         "fc_width": 4096,

@@ -15,7 +15,8 @@ from torch import nn
 class SPPHead(nn.Module):
     """Normalise -> fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8."""
 
-    def __init__(self, in_features: int, width: int, num_classes: int, dropout: float = 0.5):
+    def __init__(self, in_features: int, width: int, num_classes: int, dropout: float = 0.5,
+                 seed: int = 0):
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(in_features))
         self.register_buffer("feature_std", torch.ones(in_features))
@@ -23,8 +24,9 @@ class SPPHead(nn.Module):
         self.fc7 = nn.Linear(width, width)
         self.fc8 = nn.Linear(width, num_classes + 1)
         self.dropout = nn.Dropout(dropout)
+        generator = torch.Generator().manual_seed(seed)  # the same seed gives the same head
         for layer in (self.fc6, self.fc7, self.fc8):  # Caffe's gaussian(0.01) init, as the paper
-            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.normal_(layer.weight, std=0.01, generator=generator)
             nn.init.zeros_(layer.bias)
 
     def set_normalisation(self, sample: torch.Tensor) -> None:

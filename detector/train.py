@@ -107,7 +107,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
              map_stats["bytes_per_image"], len(config.scales), len(flips))
 
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes),
-                   config.dropout)
+                   config.dropout, config.seed)
     if backbone.pretrained_fc is not None:
         head.load_pretrained_fc(backbone.pretrained_fc)
     context = PoolingContext(provider, spp, backbone.geometry, tuple(config.scales),

@@ -1,0 +1,113 @@
+"""End-to-end checks of the training and test pipeline on a tiny demo dataset."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.config import make_config
+from detector.convmaps import ConvMap, ConvMapCache
+from detector.demo_data import make_demo_dataset
+from detector.finetune import PoolingContext, finetune
+from detector.head import SPPHead
+from detector.model import conv_map_provider, load_model
+from detector.backbones import build_backbone
+from detector.spp import SpatialPyramidPooling
+from detector.testing import evaluate_on_split
+from detector.train import train_detector, training_windows
+from detector.voc import load_voc
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"scales": (224,), "fc_width": 64, "iterations": 30, "lr_steps": (20,), "checkpoint_every": 10,
+        "proposal_max_side": 160, "workers": 1, "bank_windows_per_image": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPPNET_CACHE", str(cache))
+    root = make_demo_dataset(cache / "demo", n_train=6, n_test=4, seed=3)
+    yield root
+    mp.undo()
+
+
+def test_conv_map_cache_round_trip_and_broken_files(tmp_path):
+    cache = ConvMapCache(tmp_path)
+    features = np.random.default_rng(0).normal(size=(8, 5, 7)).astype(np.float16)
+    size = cache.save("a/b c", 688, True, ConvMap(features, 1.5))
+    loaded = cache.load("a/b c", 688, True)
+    assert size > features.nbytes and np.array_equal(loaded.features, features) and loaded.factor == 1.5
+    assert cache.load("a/b c", 688, False) is None  # the unflipped map is another file
+    path = cache.path("a/b c", 688, True)
+    data = bytearray(path.read_bytes())
+    data[-200] ^= 0xFF  # flip bits inside the stored features
+    path.write_bytes(bytes(data))
+    assert cache.load("a/b c", 688, True) is None
+    path.write_bytes(b"not an npz")
+    assert cache.load("a/b c", 688, True) is None
+
+
+def test_provider_recomputes_a_broken_map(tiny_demo):
+    dataset = load_voc(tiny_demo, "train")
+    config = make_config("cpu", TINY)
+    backbone = build_backbone(config.backbone)
+    provider = conv_map_provider(backbone, config, tiny_demo)
+    record = dataset.records[0]
+    first = provider.get(record, 224, False)
+    path = provider.cache.path(record.image_id, 224, False)
+    path.write_bytes(b"broken")
+    again = provider.get(record, 224, False)
+    assert np.array_equal(first.features, again.features)
+    assert provider.cache.load(record.image_id, 224, False) is not None
+
+
+def _finetune(dataset, config, checkpoint):
+    backbone = build_backbone(config.backbone)
+    spp = SpatialPyramidPooling(backbone.levels)
+    provider = conv_map_provider(backbone, config, dataset.root)
+    head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes))
+    context = PoolingContext(provider, spp, backbone.geometry, config.scales)
+    stats = finetune(head, context, training_windows(dataset, config, False), dataset.classes,
+                     config, checkpoint, progress=False)
+    return head, stats
+
+
+def test_finetuning_resumes_exactly_and_refuses_other_classes(tiny_demo, tmp_path):
+    dataset = load_voc(tiny_demo, "train")
+    straight, _ = _finetune(dataset, make_config("cpu", TINY), tmp_path / "a.pt")
+    _finetune(dataset, make_config("cpu", {**TINY, "iterations": 10}), tmp_path / "b.pt")  # "killed" at 10
+    resumed, stats = _finetune(dataset, make_config("cpu", TINY), tmp_path / "b.pt")
+    assert stats["iterations"] == 20
+    for name, tensor in straight.state_dict().items():
+        assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
+    other = load_voc(tiny_demo, "train", classes=list(reversed(dataset.classes)))
+    with pytest.raises(ValueError, match="classes"):
+        _finetune(other, make_config("cpu", TINY), tmp_path / "b.pt")
+
+
+def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
+    train = load_voc(tiny_demo, "train")
+    model_path = train_detector(train, make_config("cpu", TINY), tmp_path / "run", progress=False)
+    model = load_model(model_path)
+    assert model.classes == train.classes and model.svm is not None and model.regressor is not None
+    test = load_voc(tiny_demo, "test", classes=model.classes)
+    model.attach_dataset(tiny_demo)
+    metrics = evaluate_on_split(model, test, tmp_path / "out", progress=False)
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(written["ap"]) == set(model.classes)
+    assert 0.0 <= written["mAP"] <= 1.0 and written["mAP"] == pytest.approx(metrics["mAP"])
+    assert {"AP", "AP50", "AP75"} <= set(written["coco"])
+    for name in model.classes:
+        assert (tmp_path / "out" / f"comp4_det_test_{name}.txt").exists()
+    detections = json.loads((tmp_path / "out" / "detections_coco.json").read_text())
+    assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
+    # the devkit files evaluated alone give the same mAP
+    subprocess.run([sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(tiny_demo),
+                    "--split", "test", "--eval-only", str(tmp_path / "out")], check=True,
+                   capture_output=True)
+    again = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert again["mAP"] == pytest.approx(written["mAP"], abs=1e-6)
