@@ -1,0 +1,69 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.demo_data import make_demo_dataset
+from detector.detections import Detections
+from detector.ensemble import cap_per_image, ensemble_result_dirs, merge_detections
+from detector.evaluation import write_result_files
+from detector.voc import load_voc
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", n_train=1, n_test=12, seed=5)
+
+
+def _half_right(dataset, keep_image):
+    """Exact GT boxes (score 1) on the images ``keep_image`` selects, a wrong box elsewhere."""
+    sets = {c: [] for c in dataset.classes}
+    for i, record in enumerate(dataset.records):
+        for box, label in zip(record.boxes, record.labels):
+            good = keep_image(i)
+            shifted = box + (0 if good else np.array([box[2] - box[0], 0, box[2] - box[0], 0]))
+            sets[dataset.classes[label]].append(Detections([record.image_id], np.array([0.9 if good else 0.5]),
+                                                           shifted[None]))
+    return {c: Detections.concat(p) if p else Detections.empty() for c, p in sets.items()}
+
+
+def test_merge_beats_each_input_and_reports_them(demo, tmp_path):
+    dataset = load_voc(demo, "test")
+    write_result_files(tmp_path / "a", "test", _half_right(dataset, lambda i: i % 2 == 0), dataset.classes)
+    write_result_files(tmp_path / "b", "test", _half_right(dataset, lambda i: i % 2 == 1), dataset.classes)
+    metrics = ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    inputs = list(metrics["inputs"].values())
+    assert metrics["mAP"] > max(inputs)
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"])
+
+
+def test_different_class_lists_are_refused(demo, tmp_path):
+    dataset = load_voc(demo, "test")
+    sets = _half_right(dataset, lambda i: True)
+    write_result_files(tmp_path / "a", "test", sets, dataset.classes)
+    fewer = dataset.classes[:-1]
+    write_result_files(tmp_path / "b", "test", {c: sets[c] for c in fewer}, fewer)
+    with pytest.raises(ValueError, match="same class list"):
+        ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_per_image():
+    box = np.array([[10, 10, 50, 50]], np.float32)
+    parts = [Detections(["x"], np.array([0.4]), box), Detections(["x"], np.array([0.8]), box + 1),
+             Detections(["y"], np.array([0.1]), box)]
+    merged = merge_detections(parts, 0.3)
+    assert sorted(zip(merged.image_ids.tolist(), merged.scores.tolist())) == [("x", 0.8), ("y", 0.1)]
+
+
+def test_cap_per_image_against_a_naive_sort():
+    rng = np.random.default_rng(0)
+    sets = {c: Detections(rng.choice(["a", "b", "c"], 50).tolist(), rng.random(50),
+                          np.tile(np.array([[0, 0, 5, 5]], np.float32), (50, 1))) for c in ("p", "q")}
+    capped = cap_per_image(sets, 7)
+    for image in ("a", "b", "c"):
+        everything = sorted((s for d in sets.values() for i, s in zip(d.image_ids, d.scores) if i == image),
+                            reverse=True)
+        kept = sorted((s for d in capped.values() for i, s in zip(d.image_ids, d.scores) if i == image),
+                      reverse=True)
+        assert kept == everything[:7]
