@@ -73,7 +73,8 @@ class Config:
     # test
     nms_iou: float = 0.3
     max_per_image: int = 100
-    score_threshold: float = -1.5  # SVM margin (or softmax prob) below which windows are dropped before NMS
+    score_threshold: float = -1.5  # SVM margin below which windows are dropped before regression/NMS
+    softmax_threshold: float = 1e-3  # the same for fc8 softmax probabilities
     seed: int = 0
     device: str = "cpu"
 

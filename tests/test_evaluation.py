@@ -448,10 +448,13 @@ def load_tool():
     return tool
 
 
-def test_test_det_requires_eval_only(capsys):
+def test_test_det_needs_a_model_or_eval_only(capsys):
     with pytest.raises(SystemExit):
         load_tool().parse_args(["--voc-root", "x", "--split", "val"])
-    assert "--eval-only DIR is required" in capsys.readouterr().err
+    assert "--model MODEL --out DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_tool().parse_args(["--eval-only", "results"])
+    assert "--eval-only needs --voc-root and --split" in capsys.readouterr().err
 
 
 def test_test_det_reports_bad_input(tmp_path):

@@ -1,0 +1,311 @@
+"""Per-image proposal cache on disk, and its parallel, resumable computation.
+
+Layout: ``cache_root(voc_root)/"proposals"/f"{mode}-{max_side}-v{CACHE_VERSION}-{signature}"``
+with one ``<id>.npz`` per image (``default_cache_folder``).  ``signature`` is
+``selective_search.search_signature(mode)``, a digest of the mode's settings, so proposals
+of an older configuration are never mixed with new ones; ``CACHE_VERSION`` is bumped when
+the file format changes.
+
+File format (``.npz``): ``boxes`` float32 (M, 4) continuous boxes in original image
+coordinates, ranked; ``image_size`` int64 ``(width, height)`` of the decoded image;
+``seconds`` and ``cpu_seconds`` float64, the wall and CPU time selective search took on that
+image in a single-threaded worker (CPU time is the figure that does not depend on how busy
+the machine was).
+
+Decisions:
+- File names: an image id is escaped so any string is a safe, distinct file name: every
+  character outside ``[A-Za-z0-9_-]`` becomes ``%XX`` per UTF-8 byte (``.`` too, so ``..``
+  or a leading dot cannot occur); a name longer than 200 characters is cut and suffixed
+  with a hash of the id.
+- Writes are atomic (temporary file in the same folder, then ``os.replace``), so a killed
+  run leaves either a complete file or none; a re-run skips every valid file (resume).
+- Reads are checked: loadable, ``boxes`` float32 (M, 4), finite, ``x1 < x2``, ``y1 < y2``,
+  inside the stored image size, and that size equal to the expected one when given.  A
+  broken file is logged as a warning naming it and treated as missing (so
+  ``compute_proposals`` recomputes it).
+- Parallelism: a ``spawn`` pool (safe with OpenCV and torch threads), ``imap_unordered``
+  with ``chunksize=1`` (per-image costs vary a lot), every worker writes its own files and
+  runs OpenCV single-threaded.  ``workers <= 1`` computes in this process.
+- A failing image (unreadable file, size disagreeing with its record, OpenCV error) is
+  logged naming the file and listed in the report; the other images go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from detector.images import ImageReadError, load_image
+from detector.paths import cache_root
+from detector.records import ImageRecord
+from detector.voc import VOCDataset
+from proposals.selective_search import search_signature, selective_search
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+MAX_NAME_LENGTH = 200
+_SAFE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def escape_image_id(image_id: str) -> str:
+    """A file-name-safe, injective spelling of ``image_id`` (see the module notes)."""
+    if not image_id:
+        raise ValueError("an image id must not be empty")
+    escaped = "".join(
+        char if char in _SAFE_CHARACTERS else "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+        for char in image_id
+    )
+    if len(escaped) > MAX_NAME_LENGTH:
+        digest = hashlib.sha1(image_id.encode("utf-8")).hexdigest()
+        escaped = f"{escaped[:MAX_NAME_LENGTH - 41]}~{digest}"
+    return escaped
+
+
+def default_cache_folder(voc_root: str | Path, mode: str, max_side: int) -> Path:
+    """The proposal cache folder of a dataset for one selective search configuration."""
+    tag = f"{mode}-{max_side}-v{CACHE_VERSION}-{search_signature(mode)}"
+    return cache_root(voc_root) / "proposals" / tag
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """The content of one cache file."""
+
+    boxes: np.ndarray
+    image_size: tuple[int, int]
+    seconds: float
+    cpu_seconds: float
+
+
+class ProposalCache:
+    """One folder of per-image proposal files (see the module docstring for the format)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def path(self, image_id: str) -> Path:
+        """File of an image's proposals."""
+        return self.folder / f"{escape_image_id(image_id)}.npz"
+
+    def read(self, image_id: str, image_size: tuple[int, int] | None = None) -> CacheEntry | None:
+        """The checked entry of an image, or None when it is missing or broken (logged)."""
+        path = self.path(image_id)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                entry = CacheEntry(
+                    boxes=data["boxes"],
+                    image_size=tuple(int(v) for v in data["image_size"]),
+                    seconds=float(data["seconds"]),
+                    cpu_seconds=float(data["cpu_seconds"]),
+                )
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+            logger.warning("proposal cache file %s is unreadable (%s); ignoring it", path, error)
+            return None
+        problem = _entry_problem(entry, image_size)
+        if problem:
+            logger.warning("proposal cache file %s is invalid (%s); ignoring it", path, problem)
+            return None
+        return entry
+
+    def load(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The checked boxes of an image (float32 M x 4), or None when missing or broken."""
+        entry = self.read(image_id, image_size)
+        return None if entry is None else entry.boxes
+
+    def save(self, image_id: str, boxes: np.ndarray, image_size: tuple[int, int],
+             seconds: float = 0.0, cpu_seconds: float = 0.0) -> Path:
+        """Write an image's proposals atomically; ``image_size`` is ``(width, height)``."""
+        entry = CacheEntry(np.asarray(boxes), (int(image_size[0]), int(image_size[1])),
+                           float(seconds), float(cpu_seconds))
+        problem = _entry_problem(entry, None)
+        if problem:
+            raise ValueError(f"refusing to cache proposals of image {image_id!r}: {problem}")
+        path = self.path(image_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem[:50]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, boxes=entry.boxes, image_size=np.array(entry.image_size, np.int64),
+                         seconds=np.float64(entry.seconds), cpu_seconds=np.float64(entry.cpu_seconds))
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _entry_problem(entry: CacheEntry, expected_size: tuple[int, int] | None) -> str | None:
+    """What is wrong with an entry, or None when it is valid."""
+    boxes = entry.boxes
+    if boxes.dtype != np.float32 or boxes.ndim != 2 or boxes.shape[1] != 4:
+        return f"boxes must be float32 (M, 4), got {boxes.dtype} {boxes.shape}"
+    if len(entry.image_size) != 2 or min(entry.image_size) <= 0:
+        return f"bad image size {entry.image_size}"
+    if expected_size is not None and tuple(entry.image_size) != tuple(expected_size):
+        return f"stored image size {entry.image_size} differs from the image's {tuple(expected_size)}"
+    if not np.isfinite(boxes).all():
+        return "non-finite box coordinates"
+    width, height = entry.image_size
+    if len(boxes) and (boxes[:, :2].min() < 0 or boxes[:, 2].max() > width or boxes[:, 3].max() > height):
+        return f"boxes outside the {width}x{height} image"
+    if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+        return "empty boxes (x2 <= x1 or y2 <= y1)"
+    if not (np.isfinite([entry.seconds, entry.cpu_seconds]).all() and min(entry.seconds, entry.cpu_seconds) >= 0):
+        return f"bad timings {entry.seconds}, {entry.cpu_seconds}"
+    return None
+
+
+@dataclass
+class ComputeReport:
+    """What one ``compute_proposals`` call did."""
+
+    computed: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    workers: int = 1
+    wall_seconds: float = 0.0
+
+    @property
+    def wall_seconds_per_image(self) -> float:
+        """Wall-clock seconds per computed image (0 when nothing was computed)."""
+        return self.wall_seconds / self.computed if self.computed else 0.0
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Everything a worker needs for one image (picklable)."""
+
+    image_id: str
+    path: Path
+    image_size: tuple[int, int]
+    folder: Path
+    mode: str
+    max_side: int
+
+
+def _init_worker() -> None:
+    """Pool initialiser: one OpenCV thread per worker process."""
+    cv2.setNumThreads(1)
+
+
+def _compute_one(task: _Task) -> tuple[str, str | None]:
+    """Compute and cache one image's proposals; returns ``(image_id, error or None)``."""
+    try:
+        image = load_image(task.path)
+        size = (image.shape[1], image.shape[0])
+        if size != task.image_size:
+            raise ValueError(f"image {task.path} is {size[0]}x{size[1]}, its record says "
+                             f"{task.image_size[0]}x{task.image_size[1]}")
+        start, cpu_start = time.perf_counter(), time.process_time()
+        boxes = selective_search(image, mode=task.mode, max_side=task.max_side)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        ProposalCache(task.folder).save(task.image_id, boxes, size, seconds, cpu_seconds)
+    except (ImageReadError, ValueError, OSError, cv2.error) as error:
+        return task.image_id, f"{task.path}: {error}"
+    return task.image_id, None
+
+
+def compute_proposals(
+    records: Sequence[ImageRecord],
+    cache: ProposalCache,
+    workers: int = 2,
+    mode: str = "fast",
+    max_side: int = 500,
+    progress: bool = True,
+) -> ComputeReport:
+    """Compute and cache the proposals of every record whose cache file is missing or broken.
+
+    Results are not returned (a dataset's proposals need not fit in memory): read them
+    with ``cache.load``.  See the module docstring for parallelism and failures.
+    """
+    tasks = []
+    skipped = 0
+    for record in records:
+        size = (int(record.width), int(record.height))
+        if cache.read(record.image_id, size) is not None:
+            skipped += 1
+            continue
+        tasks.append(_Task(record.image_id, Path(record.path), size, cache.folder, mode, max_side))
+    report = ComputeReport(skipped=skipped, workers=max(1, workers))
+    if not tasks:
+        return report
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    bar = tqdm(total=len(tasks), desc=f"selective search ({mode})", unit="img", disable=not progress)
+    if workers <= 1:
+        previous_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for task in tasks:
+                _account(report, *_compute_one(task), bar)
+        finally:
+            cv2.setNumThreads(previous_threads)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
+            for outcome in pool.imap_unordered(_compute_one, tasks, chunksize=1):
+                _account(report, *outcome, bar)
+    bar.close()
+    report.wall_seconds = time.perf_counter() - start
+    return report
+
+
+def _account(report: ComputeReport, image_id: str, error: str | None, bar: tqdm) -> None:
+    """Count one finished image in the report (logging a failure) and advance the bar."""
+    if error is None:
+        report.computed += 1
+    else:
+        logger.error("selective search failed on image %s: %s", image_id, error)
+        report.failed.append(image_id)
+    bar.update(1)
+
+
+@dataclass(frozen=True)
+class SearchTimings:
+    """Mean per-image selective search time stored in a cache, over the images that have it."""
+
+    images: int
+    wall_seconds: float
+    cpu_seconds: float
+
+
+def search_timings(records: Sequence[ImageRecord], cache: ProposalCache) -> SearchTimings:
+    """Mean single-worker wall and CPU seconds per image recorded in the cache files of ``records``."""
+    entries = [cache.read(r.image_id, (r.width, r.height)) for r in records]
+    entries = [e for e in entries if e is not None]
+    if not entries:
+        return SearchTimings(0, 0.0, 0.0)
+    return SearchTimings(len(entries), float(np.mean([e.seconds for e in entries])),
+                         float(np.mean([e.cpu_seconds for e in entries])))
+
+
+def load_or_compute_proposals(
+    dataset: VOCDataset, mode: str = "fast", max_side: int = 500, workers: int = 2, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Proposals of every image of a ``VOCDataset`` from its default cache, computing missing ones.
+
+    Images whose proposals could not be computed are absent from the result (their
+    failure is logged by ``compute_proposals``).
+    """
+    cache = ProposalCache(default_cache_folder(dataset.root, mode, max_side))
+    compute_proposals(dataset.records, cache, workers, mode, max_side, progress)
+    proposals = {}
+    for record in dataset.records:
+        boxes = cache.load(record.image_id, (record.width, record.height))
+        if boxes is not None:
+            proposals[record.image_id] = boxes
+    return proposals
