@@ -93,7 +93,9 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
     pooled, fc7 = window_features(model, record, boxes, timer)
     with timer.stage("scoring"):
         scores = score_windows(model, fc7)
-        rows, classes = np.nonzero(scores > model.config.score_threshold)
+        threshold = (model.config.score_threshold if model.config.scorer == "svm"
+                     else model.config.softmax_threshold)
+        rows, classes = np.nonzero(scores > threshold)
         kept_scores = scores[rows, classes]
     with timer.stage("regression"):
         if model.regressor is not None and len(rows):
