@@ -32,6 +32,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", help="trunk name (efficientnet_lite0, zf5, alexnet, vgg16)")
     parser.add_argument("--weights", help="trunk weights: a file, 'imagenet' or 'none'")
     parser.add_argument("--scales", nargs="+", type=int, help="short-side scales, e.g. 688 or 480 576 688 864 1200")
+    parser.add_argument("--mode", choices=("spp", "rcnn"),
+                        help="spp: pool windows from shared conv maps (default); rcnn: warp each "
+                             "window to 224x224 and run the trunk on it, as R-CNN")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu or cuda")
     parser.add_argument("--workers", type=int, help="processes for selective search")
@@ -45,7 +48,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key] = value
-    for key in ("backbone", "weights", "scales", "seed", "device", "workers"):
+    for key in ("backbone", "weights", "scales", "mode", "seed", "device", "workers"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     preset = args.preset or ("cpu" if args.voc_root is not None else "demo")

@@ -1,5 +1,9 @@
 """Detection on one image: conv maps, pooling, fc, scoring, box regression, NMS.
 
+In R-CNN mode (``config.mode == "rcnn"``) each window is warped and run through the trunk
+instead (``detector.rcnn``): the trunk time counts as ``conv``, the pyramid pooling of the
+warped windows' maps as ``pooling``; the later stages are the same.
+
 Every proposal is scored by every class (SVM margins on fc7, or the fc8 softmax), each class's
 windows are moved by that class's box regressor and clipped to the image, then NMS at IoU 0.3
 per class (``torchvision.ops.batched_nms``) and at most ``max_per_image`` detections per image
@@ -22,6 +26,7 @@ from torchvision.ops import batched_nms
 from detector.geometry import select_scales
 from detector.model import DetectorModel
 from detector.pooling import pool_windows
+from detector.rcnn import RCNNFeatures
 from detector.records import ImageRecord
 
 STAGES = ("proposals", "conv", "pooling", "fc", "scoring", "regression", "nms")
@@ -61,13 +66,18 @@ class ImageDetections:
 
 def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
                     timer: StageTimer, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled pyramid features and fc7 features of the windows, each at its best scale."""
-    with timer.stage("conv"):
-        maps = model.provider.get_scales(record, model.scales, flip=False)
-    with timer.stage("pooling"):
-        scale_index = select_scales(boxes, record.height, record.width, model.scales,
-                                    model.config.max_side)
-        pooled = pool_windows(model.spp, model.backbone.geometry, maps, boxes, scale_index)
+    """Pooled pyramid features and fc7 features of the windows, each at its best scale
+    (SPP mode) or each from its own warped trunk pass (R-CNN mode)."""
+    if model.config.mode == "rcnn":
+        pooled = RCNNFeatures.from_config(model.backbone, model.spp, model.config).pool_record(
+            record, boxes, timer=timer)
+    else:
+        with timer.stage("conv"):
+            maps = model.provider.get_scales(record, model.scales, flip=False)
+        with timer.stage("pooling"):
+            scale_index = select_scales(boxes, record.height, record.width, model.scales,
+                                        model.config.max_side)
+            pooled = pool_windows(model.spp, model.backbone.geometry, maps, boxes, scale_index)
     with timer.stage("fc"), torch.inference_mode():
         device = next(model.head.parameters()).device
         fc7 = torch.cat([model.head.features(pooled[i:i + batch].to(device)).cpu()

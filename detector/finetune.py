@@ -32,6 +32,7 @@ from detector.convmaps import ConvMapProvider
 from detector.geometry import TrunkGeometry
 from detector.head import SPPHead
 from detector.pooling import pool_windows
+from detector.rcnn import RCNNFeatures
 from detector.sampling import SamplingConfig, sample_windows
 from detector.spp import SpatialPyramidPooling
 from detector.windows import ImageWindows
@@ -48,12 +49,17 @@ class PoolingContext:
     geometry: TrunkGeometry
     scales: tuple[int, ...]
     normalise: bool = True  # False for trunks whose pretrained fc6 expects raw pooled features
+    rcnn: RCNNFeatures | None = None  # R-CNN mode: each window warped and run through the trunk
 
 
 def pool_training_windows(context: PoolingContext, windows: ImageWindows, indices: np.ndarray,
                           flip: bool, rng: np.random.Generator) -> torch.Tensor:
-    """Pool the chosen windows of one image, each from a random scale."""
+    """Pool the chosen windows of one image, each from a random scale (or, in R-CNN mode, each
+    from its own warped trunk pass)."""
     record = windows.record
+    if context.rcnn is not None:
+        boxes = windows.boxes[indices]
+        return context.rcnn.pool_record(record, flip_boxes(boxes, record.width) if flip else boxes, flip)
     scale_index = rng.integers(len(context.scales), size=len(indices))
     used = sorted(set(scale_index.tolist()))
     loaded = context.provider.get_scales(record, [context.scales[k] for k in used], flip)
@@ -122,14 +128,18 @@ def save_checkpoint(path: Path, state: dict) -> None:
         raise
 
 
-def check_compatible(state: dict, classes: Sequence[str], backbone: str) -> None:
-    """Refuse a checkpoint made for another class list or backbone, naming the difference."""
+def check_compatible(state: dict, classes: Sequence[str], backbone: str, mode: str = "spp") -> None:
+    """Refuse a checkpoint made for another class list, backbone or mode, naming the difference."""
     if list(state["classes"]) != list(classes):
         raise ValueError(f"checkpoint was trained for classes {list(state['classes'])}, "
                          f"but this dataset has {list(classes)}; use another --out folder")
     if state["backbone"] != backbone:
         raise ValueError(f"checkpoint was trained with backbone {state['backbone']!r}, "
                          f"not {backbone!r}; use another --out folder")
+    trained_mode = state.get("config", {}).get("mode", "spp")
+    if trained_mode != mode:
+        raise ValueError(f"checkpoint was trained in {trained_mode!r} mode, not {mode!r}; "
+                         "use another --out folder")
 
 
 def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindows],
@@ -147,7 +157,7 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     state = None
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        check_compatible(state, classes, config.backbone)
+        check_compatible(state, classes, config.backbone, config.mode)
         if state["iteration"] >= config.iterations:
             head.load_state_dict(state["head"])
             head.eval()

@@ -4,7 +4,9 @@ Stages: proposals (per-image cache) -> conv maps (per image, scale and flip) -> 
 (checkpoint ``finetune.pt``, resumes) -> SVMs with hard negative mining and box regressors
 (``classifiers.pt``) -> ``model.pt``.  The SVMs see fc7 features computed image by image from
 the cached maps and never all windows at once; the box regressors are fed during the SVMs'
-first pass from the same pooled features, so no window is pooled twice.
+first pass from the same pooled features, so no window is pooled twice.  In R-CNN mode
+(``config.mode == "rcnn"``) there are no conv maps: every stage warps its windows and runs the
+trunk on each (``detector.rcnn``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from detector.detect import StageTimer, window_features
 from detector.finetune import PoolingContext, finetune, save_checkpoint
 from detector.head import SPPHead
 from detector.model import DetectorModel, conv_map_provider, save_model
+from detector.rcnn import RCNNFeatures
 from detector.spp import SpatialPyramidPooling
 from detector.voc import VOCDataset
 from detector.windows import ImageWindows, build_windows
@@ -100,18 +103,21 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     provider = conv_map_provider(backbone, config, dataset.root)
     stage = time.perf_counter()
     flips = (False, True) if config.flip else (False,)
-    map_stats = provider.precompute([w.record for w in train], config.scales, flips, progress,
-                                    desc="conv maps (train)")
+    map_stats = {"bytes_per_image": 0.0}
+    if config.mode == "spp":
+        map_stats = provider.precompute([w.record for w in train], config.scales, flips, progress,
+                                        desc="conv maps (train)")
+        log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
+                 map_stats["bytes_per_image"], len(config.scales), len(flips))
     timings["conv_maps"] = time.perf_counter() - stage
-    log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
-             map_stats["bytes_per_image"], len(config.scales), len(flips))
 
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes),
                    config.dropout, config.seed)
     if backbone.pretrained_fc is not None:
         head.load_pretrained_fc(backbone.pretrained_fc)
+    rcnn = RCNNFeatures.from_config(backbone, spp, config) if config.mode == "rcnn" else None
     context = PoolingContext(provider, spp, backbone.geometry, tuple(config.scales),
-                             normalise=backbone.pretrained_fc is None)
+                             normalise=backbone.pretrained_fc is None, rcnn=rcnn)
     stage = time.perf_counter()
     finetune_stats = finetune(head, context, train, dataset.classes, config,
                               out_dir / "finetune.pt", progress)
