@@ -15,9 +15,9 @@ Decisions:
 - The modes take turns image by image (R-CNN, SPP at 1 scale, SPP at 5 scales on image 1, then
   image 2, ...), so load from other jobs on a shared machine hits all of them alike.  Each mode
   first runs once on a few windows, untimed, so one-off start-up costs are not counted.
-- Proposals: the selective-search seconds recorded in the proposal cache when each image's
-  proposals were computed (one worker); they are the same for both modes.  The "test" speed-up
-  leaves them out.
+- Proposals: the selective-search CPU seconds recorded in the proposal cache when each image's
+  proposals were computed (one single-threaded worker; CPU time does not depend on how busy the
+  machine was); the same for both modes.  The "test" speed-up leaves them out.
 - Feature stage = ``conv`` + ``pooling``: pixels to pooled features, the part SPP-net changes.
   fc, scoring, regression and NMS run the same head on the same windows in both modes.
 - ``pixel_ratio``: pixels R-CNN pushes through the trunk (windows x input size squared) over the
@@ -177,14 +177,14 @@ def _mode_view(model: DetectorModel, mode: str, scales: Sequence[int], folder: P
 def cached_proposals(dataset: VOCDataset, records: Sequence[ImageRecord], config: Config,
                      progress: bool = True) -> tuple[dict[str, np.ndarray], float]:
     """Proposals of ``records`` from the dataset's default cache (computing missing ones), and the
-    mean selective-search seconds per image recorded in it."""
+    mean selective-search CPU seconds per image recorded in it."""
     cache = ProposalCache(default_cache_folder(dataset.root, config.proposal_mode, config.proposal_max_side))
     compute_proposals(records, cache, config.workers, config.proposal_mode, config.proposal_max_side,
                       progress)
     found = {r.image_id: cache.load(r.image_id, (r.width, r.height)) for r in records}
     found = {k: v for k, v in found.items() if v is not None}
     timings = search_timings([r for r in records if r.image_id in found], cache)
-    return found, timings.wall_seconds
+    return found, timings.cpu_seconds
 
 
 def benchmark_modes(model: DetectorModel, dataset: VOCDataset, images: int = 10,
