@@ -147,15 +147,23 @@ class BoxRegressor:
     def feature_dim(self) -> int:
         return int(self.weights.shape[2])
 
-    def predict(self, features: np.ndarray, boxes: np.ndarray, class_index: int | np.ndarray) -> np.ndarray:
-        """Regressed boxes (float32, M x 4) for ``boxes`` (M x 4) with ``features`` (M x D).
+    def predict(self, features: np.ndarray, boxes: np.ndarray, class_index: int | np.ndarray,
+                feature_rows: np.ndarray | None = None) -> np.ndarray:
+        """Regressed boxes (float32, M x 4) for ``boxes`` (M x 4).
 
-        ``class_index`` is one class for every row or one per row.  Rows whose class has no
-        regressor come back unchanged.  Nothing is clipped (see :meth:`apply`).
+        Box ``i`` is described by row ``feature_rows[i]`` of ``features`` (default: row ``i``),
+        so a window kept by several classes is not copied once per class: each distinct row
+        goes through one product with every class's weights.  ``class_index`` is one class for
+        every box or one per box.  Boxes whose class has no regressor come back unchanged.
+        Nothing is clipped (see :meth:`apply`).
         """
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         features = np.asarray(features)
-        if features.shape != (len(boxes), self.feature_dim):
+        rows = np.arange(len(boxes)) if feature_rows is None else np.asarray(feature_rows, np.int64)
+        if rows.shape != (len(boxes),) or (len(rows) and not 0 <= rows.min() <= rows.max() < len(features)):
+            raise ValueError(f"feature_rows must give one row of features ({len(features)}) per box ({len(boxes)})")
+        if features.ndim != 2 or features.shape[1] != self.feature_dim or (
+                feature_rows is None and len(features) != len(boxes)):
             raise ValueError(
                 f"features have shape {features.shape}, expected ({len(boxes)}, {self.feature_dim})"
             )
@@ -165,16 +173,20 @@ class BoxRegressor:
                 f"class_index must be an int or one per box ({len(boxes)}), got shape {classes.shape}"
             )
         classes = np.broadcast_to(classes.astype(np.int64), (len(boxes),))
-        row_of_class = {int(c): k for k, c in enumerate(self.classes)}
+        regressor_of_class = np.full(max(int(self.classes.max(initial=-1)), int(classes.max(initial=-1))) + 1,
+                                     -1, np.int64)
+        regressor_of_class[self.classes] = np.arange(len(self.classes))
+        regressor = np.where(classes >= 0, regressor_of_class[np.maximum(classes, 0)], -1)
         regressed = boxes.copy()
-        for cls in np.unique(classes):
-            k = row_of_class.get(int(cls))
-            if k is None:
-                continue
-            rows = np.flatnonzero(classes == cls)
-            scores = features[rows].astype(np.float32, copy=False) @ self.weights[k].T
-            deltas = (scores * self.feature_scale + self.intercepts[k]) * self.target_std[k] + self.target_mean[k]
-            regressed[rows] = decode(boxes[rows], deltas)
+        moved = np.flatnonzero(regressor >= 0)
+        if len(moved) == 0:
+            return regressed
+        distinct, slot = np.unique(rows[moved], return_inverse=True)
+        weights = self.weights.reshape(-1, self.feature_dim)  # (C * 4) x D
+        raw = (features[distinct].astype(np.float32, copy=False) @ weights.T).reshape(len(distinct), -1, 4)
+        k = regressor[moved]
+        deltas = (raw[slot, k] * self.feature_scale + self.intercepts[k]) * self.target_std[k] + self.target_mean[k]
+        regressed[moved] = decode(boxes[moved], deltas)
         return regressed
 
     def apply(
@@ -184,9 +196,10 @@ class BoxRegressor:
         class_indices: int | np.ndarray,
         width: int,
         height: int,
+        feature_rows: np.ndarray | None = None,
     ) -> np.ndarray:
         """:meth:`predict`, then clip the boxes to a ``width`` x ``height`` image."""
-        return clip_boxes(self.predict(features, boxes, class_indices), width, height)
+        return clip_boxes(self.predict(features, boxes, class_indices, feature_rows), width, height)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (``np.savez`` / ``torch.save`` friendly, no pickled objects)."""

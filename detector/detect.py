@@ -109,8 +109,8 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
         kept_scores = scores[rows, classes]
     with timer.stage("regression"):
         if model.regressor is not None and len(rows):
-            kept_boxes = model.regressor.apply(pooled[rows].numpy(), boxes[rows], classes,
-                                               record.width, record.height)
+            kept_boxes = model.regressor.apply(pooled.numpy(), boxes[rows], classes,
+                                               record.width, record.height, feature_rows=rows)
         else:
             kept_boxes = boxes[rows]
     with timer.stage("nms"):

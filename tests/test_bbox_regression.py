@@ -187,7 +187,31 @@ def test_per_row_classes_match_single_class_calls(trained):
     together = regressor.predict(features, boxes, classes)
     for cls in (0, 1):
         rows = classes == cls
-        np.testing.assert_array_equal(together[rows], regressor.predict(features[rows], boxes[rows], cls))
+        # Equal up to float32 summation order (the product's blocking depends on the row count).
+        np.testing.assert_allclose(together[rows], regressor.predict(features[rows], boxes[rows], cls), rtol=0, atol=1e-3)
+
+
+def test_shared_feature_rows_match_a_float64_per_box_reference(trained):
+    """Detection regresses one window for several classes through ``feature_rows``."""
+    _, regressor, mixing = trained
+    features, boxes, _, _ = held_out_pairs(mixing, seed=10, images=10)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, len(features), 300)
+    classes = rng.integers(0, 4, 300)  # 2 and 3 have no regressor
+    shared = regressor.predict(features, boxes[rows], classes, feature_rows=rows)
+    row_of_class = {int(c): k for k, c in enumerate(regressor.classes)}
+    for i, (row, cls) in enumerate(zip(rows, classes)):
+        k = row_of_class.get(int(cls))
+        if k is None:
+            np.testing.assert_array_equal(shared[i], boxes[row])
+            continue
+        raw = features[row].astype(np.float64) @ regressor.weights[k].astype(np.float64).T
+        deltas = (raw * regressor.feature_scale + regressor.intercepts[k]) * regressor.target_std[k] \
+            + regressor.target_mean[k]
+        expected = decode(boxes[row][None].astype(np.float64), deltas[None])[0]
+        np.testing.assert_allclose(shared[i], expected, rtol=1e-4, atol=1e-2)
+    with pytest.raises(ValueError, match="feature_rows"):
+        regressor.predict(features, boxes[:2], 0, feature_rows=np.array([0, len(features)]))
 
 
 def test_class_without_enough_pairs_returns_boxes_unchanged(trained):
