@@ -8,6 +8,8 @@ from pathlib import Path
 from detector.config import PRESETS, Config, make_config
 from detector.demo_data import make_demo_dataset
 from detector.voc import VOCDataset, load_voc
+from proposals.cache import ProposalCache, default_cache_folder
+from proposals.selective_search import MODES
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, default_demo_split: str) -> None:
@@ -38,6 +40,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu or cuda")
     parser.add_argument("--workers", type=int, help="processes for selective search")
+
+
+def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
+    """--voc-root / --split (both required) and the selective search cache options."""
+    parser.add_argument("--voc-root", required=True, type=Path, help="dataset folder in the VOC layout")
+    parser.add_argument("--split", required=True, help="split name (ImageSets/Main/<split>.txt)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for missing proposals (default 2)")
+    parser.add_argument("--mode", choices=MODES, default="fast", help="selective search mode (default fast)")
+    parser.add_argument("--max-side", type=int, default=500, help="longest side searched (default 500)")
+    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: the dataset's cache for this mode)")
+
+
+def proposal_cache_from_args(args: argparse.Namespace) -> ProposalCache:
+    """The proposal cache named by ``add_proposal_arguments``' options."""
+    return ProposalCache(args.cache_dir or default_cache_folder(args.voc_root, args.mode, args.max_side))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -18,7 +18,7 @@ from torchvision.ops import batched_nms
 
 from detector.detections import Detections
 from detector.evaluation import (METRICS_FILE, evaluate_detection_set, read_result_files,
-                                 result_file, write_result_files)
+                                 result_file, write_json_atomic, write_result_files)
 from detector.voc import load_voc
 
 log = logging.getLogger(__name__)
@@ -97,5 +97,5 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     write_result_files(out_dir, split, merged, classes)
     metrics = {"split": split, **evaluate_detection_set(merged, dataset.records, classes, use_07_metric),
                "inputs": inputs}
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics

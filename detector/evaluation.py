@@ -212,7 +212,7 @@ def evaluate_detection_set(
     }
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -222,6 +222,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: object, allow_nan: bool = False) -> None:
+    """Write ``payload`` as JSON through ``write_text_atomic``; NaN is refused unless allowed
+    (strict JSON readers reject it; metrics turn undefined values into null first)."""
+    write_text_atomic(Path(path), json.dumps(payload, indent=1, allow_nan=allow_nan, default=str) + "\n")
 
 
 def result_file(out_dir: str | Path, split: str, class_name: str) -> Path:
@@ -249,7 +255,7 @@ def write_result_files(
             for image_id, score, box in zip(dets.image_ids.tolist(), dets.scores.tolist(), coordinates)
         ]
         path = result_file(out_dir, split, name)
-        _write_text_atomic(path, "".join(lines))
+        write_text_atomic(path, "".join(lines))
         paths.append(path)
     return paths
 
@@ -332,7 +338,7 @@ def evaluate_result_dir(
     metrics = {"split": split, **evaluate_detection_set(detection_set, dataset.records, dataset.classes,
                                                         use_07_metric)}
     path = Path(result_dir) / METRICS_FILE
-    _write_text_atomic(path, json.dumps(metrics, indent=1, allow_nan=False) + "\n")
+    write_json_atomic(path, metrics)
     logger.info("wrote %s (mAP %s)", path, metrics["mAP"])
     return metrics
 

@@ -1,10 +1,7 @@
 """Testing a trained detector on a split: detections, devkit result files, COCO JSON, metrics."""
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +10,12 @@ from tqdm import tqdm
 from detector.coco_eval import detections_to_coco_json
 from detector.detect import StageTimer, detect
 from detector.detections import Detections
-from detector.evaluation import evaluate_detection_set, format_ap_table, write_result_files
+from detector.evaluation import evaluate_detection_set, format_ap_table, write_json_atomic, write_result_files
 from detector.model import DetectorModel
 from detector.voc import VOCDataset
 from proposals.cache import load_or_compute_proposals
 
 log = logging.getLogger(__name__)
-
-
-def write_json(path: Path, payload) -> None:
-    """Write JSON atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=1)
-    os.replace(tmp, path)
 
 
 def run_detector(model: DetectorModel, dataset: VOCDataset, progress: bool = True
@@ -57,11 +46,11 @@ def evaluate_on_split(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     detection_set, timer = run_detector(model, dataset, progress)
     write_result_files(out_dir, dataset.split, detection_set, model.classes)
-    write_json(out_dir / "detections_coco.json",
+    write_json_atomic(out_dir / "detections_coco.json",
                detections_to_coco_json(detection_set, dataset.records, model.classes))
     metrics = evaluate_detection_set(detection_set, dataset.records, model.classes, use_07_metric)
     metrics["seconds_per_image"] = timer.per_image()
-    write_json(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / "metrics.json", metrics)
     print(format_ap_table(metrics))
     print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
     return metrics

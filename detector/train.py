@@ -10,7 +10,6 @@ trunk on each (``detector.rcnn``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from bbox_regression.training_pairs import select_training_pairs
 from detector.backbones import build_backbone
 from detector.config import Config
 from detector.detect import StageTimer, window_features
+from detector.evaluation import write_json_atomic
 from detector.finetune import PoolingContext, finetune, save_checkpoint
 from detector.head import SPPHead
 from detector.model import DetectorModel, conv_map_provider, save_model
@@ -145,7 +145,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     summary = {"images": len(train), "classes": dataset.classes, "timings_s": timings,
                "conv_map_bytes_per_image": map_stats["bytes_per_image"],
                "finetune": finetune_stats, "svm": svm_stats, "config": config.to_dict()}
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding
     for name, seconds in timings.items():
         tqdm.write(f"  {name:>20s}: {seconds:8.1f} s")
     return model_path

@@ -9,24 +9,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detector.cli import add_proposal_arguments, proposal_cache_from_args  # noqa: E402
 from detector.voc import load_voc  # noqa: E402
-from proposals.cache import ProposalCache, compute_proposals, default_cache_folder  # noqa: E402
-from proposals.selective_search import MODES  # noqa: E402
+from proposals.cache import compute_proposals  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--voc-root", required=True, type=Path, help="dataset folder in the VOC layout")
-    parser.add_argument("--split", required=True, help="split name (ImageSets/Main/<split>.txt)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--mode", choices=MODES, default="fast", help="selective search mode (default fast)")
-    parser.add_argument("--max-side", type=int, default=500, help="longest side searched (default 500)")
-    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: the dataset's cache for this mode)")
+    add_proposal_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     dataset = load_voc(args.voc_root, args.split)
-    cache = ProposalCache(args.cache_dir or default_cache_folder(args.voc_root, args.mode, args.max_side))
+    cache = proposal_cache_from_args(args)
     report = compute_proposals(dataset.records, cache, args.workers, args.mode, args.max_side)
     print(f"cache: {cache.folder}")
     print(f"images: {report.computed} computed, {report.skipped} already cached, {len(report.failed)} failed"
