@@ -240,3 +240,20 @@ def test_trunk_is_frozen_and_stays_in_eval_mode(trunks):
     assert not backbone.trunk.training
     assert not any(p.requires_grad for p in backbone.parameters())
     backbone.eval()
+
+
+@pytest.mark.parametrize("key", ["efficientnet_lite0{}", "zf5{}", "vgg16{'weights': 'none'}"])
+def test_conv_map_equals_the_plain_nchw_trunk_pass(trunks, key):
+    """compute_conv_map runs channels-last for speed; the stored map must be the NCHW result."""
+    from detector.convmaps import compute_conv_map
+    from detector.geometry import image_scale_factor
+
+    backbone = trunks[key]
+    image = np.random.default_rng(0).integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    conv_map = compute_conv_map(backbone, image, 120, flip=True, max_side=2000)
+    factor = image_scale_factor(150, 230, 120, 2000)
+    with torch.no_grad():
+        expected = backbone(backbone.prepare(image, factor, flip=True))[0].to(torch.float16).numpy()
+    assert conv_map.factor == factor and conv_map.features.flags.c_contiguous
+    np.testing.assert_allclose(conv_map.features.astype(np.float32), expected.astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
