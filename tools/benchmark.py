@@ -18,10 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.benchmark import benchmark_modes, fresh_model, format_benchmark  # noqa: E402
+from detector.benchmark import benchmark_modes, format_benchmark, fresh_model  # noqa: E402
 from detector.cli import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
 from detector.config import make_config  # noqa: E402
 from detector.model import load_model  # noqa: E402
+from detector.runtime import keep_freed_memory  # noqa: E402
 
 
 def main() -> None:
@@ -40,6 +41,7 @@ def main() -> None:
     if args.images < 1 or args.threads < 1:
         parser.error("--images and --threads must be at least 1")
     setup_logging()
+    keep_freed_memory()
     try:
         model = load_model(args.model) if args.model is not None else None
         dataset = dataset_from_args(args, default_demo_split="test",

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.cli import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
 from detector.evaluation import evaluate_result_dir, format_ap_table  # noqa: E402
 from detector.model import load_model  # noqa: E402
+from detector.runtime import keep_freed_memory  # noqa: E402
 from detector.testing import evaluate_on_split  # noqa: E402
 
 
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
+    keep_freed_memory()
     try:
         if args.eval_only is not None:
             metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,

@@ -8,8 +8,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.cli import (add_config_arguments, add_dataset_arguments, config_from_args,  # noqa: E402
-                          dataset_from_args, setup_logging)
+from detector.cli import (  # noqa: E402
+    add_config_arguments,
+    add_dataset_arguments,
+    config_from_args,
+    dataset_from_args,
+    setup_logging,
+)
+from detector.runtime import keep_freed_memory  # noqa: E402
 from detector.train import train_detector  # noqa: E402
 
 
@@ -21,6 +27,7 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     setup_logging()
+    keep_freed_memory()
     config = config_from_args(args)
     dataset = dataset_from_args(args, default_demo_split="train")
     model_path = train_detector(dataset, config, args.out, progress=not args.quiet)

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.cli import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
 from detector.model import load_model  # noqa: E402
+from detector.runtime import keep_freed_memory  # noqa: E402
 from detector.train import training_windows  # noqa: E402
 from detector.window_eval import window_accuracy  # noqa: E402
 
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     setup_logging()
+    keep_freed_memory()
     model = load_model(args.model)
     dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
     model.attach_dataset(dataset.root)

@@ -1,0 +1,32 @@
+"""Process settings for long CPU runs.
+
+glibc returns every freed block above its mmap threshold (at most 32 MB, raised as it goes) to
+the system at once, so each large activation of a conv pass comes back as fresh pages that the
+kernel must zero on first touch.  On a 688 x 917 image with EfficientNet-Lite0 (one thread)
+that was 0.24 s of system time on top of 0.35 s of computing per map; keeping freed memory in
+the process (mmap threshold and trim threshold 1 GiB) brought it to 0.003 s.  The process keeps
+up to 1 GiB of freed heap for reuse instead of handing it back.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 2**30
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to reuse freed memory instead of unmapping it; False where that is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        done = (libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_KEEP_BYTES)) == 1
+                and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_KEEP_BYTES)) == 1)
+    except (OSError, AttributeError):
+        done = False
+    if not done:
+        log.debug("allocator settings unchanged (not glibc)")
+    return done

@@ -1,0 +1,36 @@
+"""Allocator settings for long CPU runs (detector.runtime): a conv pass reuses freed memory."""
+import platform
+import subprocess
+import sys
+
+import pytest
+
+# Minor page faults per conv map after the first (each measured in a fresh process).
+SCRIPT = """
+import resource, sys
+import numpy as np, torch
+from detector.backbones import build_backbone
+from detector.convmaps import compute_conv_map
+from detector.runtime import keep_freed_memory
+torch.set_num_threads(1)
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+backbone = build_backbone("efficientnet_lite0").eval()
+image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+compute_conv_map(backbone, image, 480, False, 2000)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):
+    compute_conv_map(backbone, image, 480, False, 2000)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2)
+"""
+
+
+def faults_per_map(mode: str) -> float:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keeping_freed_memory_removes_most_page_faults_of_a_conv_pass():
+    default, kept = faults_per_map("default"), faults_per_map("keep")
+    assert kept < default / 4, (default, kept)
