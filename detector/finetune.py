@@ -105,14 +105,23 @@ def build_window_bank(context: PoolingContext, train: Sequence[ImageWindows],
     images from it, is what the released code did with its cached pool5 features, and it
     keeps the per-iteration cost to the fc layers alone.
     """
-    features, labels = [], []
+    capacity = len(train) * len(flips) * sampling.windows_per_image  # sample_windows' upper bound
+    features: torch.Tensor | None = None  # filled in place: a list joined by torch.cat would
+    labels = torch.empty(capacity, dtype=torch.int64)  # hold every row twice at its peak
+    filled = 0
     for windows in tqdm(train, desc="pooling training windows", disable=not progress, unit="img"):
         for flip in flips:
             indices, window_labels = sample_windows(windows, sampling, rng)
             if len(indices):
-                features.append(pool_training_windows(context, windows, indices, flip, rng).half())
-                labels.append(torch.from_numpy(window_labels))
-    return WindowBank(torch.cat(features), torch.cat(labels))
+                pooled = pool_training_windows(context, windows, indices, flip, rng)
+                if features is None:
+                    features = torch.empty((capacity, pooled.shape[1]), dtype=torch.float16)
+                features[filled:filled + len(indices)] = pooled
+                labels[filled:filled + len(indices)] = torch.from_numpy(window_labels)
+                filled += len(indices)
+    if features is None:
+        raise ValueError("no training window could be sampled (no image has proposals)")
+    return WindowBank(features[:filled], labels[:filled])
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -11,9 +11,10 @@ import torch
 from detector.config import make_config
 from detector.convmaps import ConvMap, ConvMapCache
 from detector.demo_data import make_demo_dataset
-from detector.finetune import PoolingContext, finetune
+from detector.finetune import PoolingContext, build_window_bank, finetune, pool_training_windows
 from detector.head import SPPHead
 from detector.model import conv_map_provider, load_model
+from detector.sampling import SamplingConfig, sample_windows
 from detector.backbones import build_backbone
 from detector.spp import SpatialPyramidPooling
 from detector.testing import evaluate_on_split
@@ -87,6 +88,28 @@ def test_finetuning_resumes_exactly_and_refuses_other_classes(tiny_demo, tmp_pat
     other = load_voc(tiny_demo, "train", classes=list(reversed(dataset.classes)))
     with pytest.raises(ValueError, match="classes"):
         _finetune(other, make_config("cpu", TINY), tmp_path / "b.pt")
+
+
+def test_window_bank_holds_each_images_sampled_windows_in_order(tiny_demo):
+    """The bank is filled in place; it must equal pooling image by image and concatenating."""
+    config = make_config("cpu", {**TINY, "scales": (160, 224)})
+    dataset = load_voc(tiny_demo, "train")
+    backbone = build_backbone(config.backbone)
+    spp = SpatialPyramidPooling(backbone.levels)
+    context = PoolingContext(conv_map_provider(backbone, config, dataset.root), spp, backbone.geometry,
+                             config.scales)
+    train = training_windows(dataset, config, False)
+    sampling = SamplingConfig(windows_per_image=8)
+    bank = build_window_bank(context, train, sampling, (False, True), np.random.default_rng(5), progress=False)
+    rng = np.random.default_rng(5)
+    features, labels = [], []
+    for windows in train:
+        for flip in (False, True):
+            indices, window_labels = sample_windows(windows, sampling, rng)
+            features.append(pool_training_windows(context, windows, indices, flip, rng).half())
+            labels.append(torch.from_numpy(window_labels))
+    assert torch.equal(bank.features, torch.cat(features)) and torch.equal(bank.labels, torch.cat(labels))
+    assert len(bank.labels) == len(train) * 2 * 8 and (bank.labels > 0).any()
 
 
 def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
