@@ -19,7 +19,7 @@ from detector.spp import SpatialPyramidPooling
 
 # name, options, channels, stride
 TRUNKS = [("zf5", {}, 256, 16), ("alexnet", {"weights": "none"}, 256, 16),
-          ("vgg16", {"weights": "none"}, 512, 16), ("efficientnet_lite0", {}, 112, 16),
+          ("vgg16", {"weights": "none"}, 512, 16), ("efficientnet_lite0", {"feature_stride": 16}, 112, 16),
           ("efficientnet_lite0", {"feature_stride": 32}, 320, 32)]
 
 
@@ -207,7 +207,7 @@ def test_within_channel_lrn_equals_caffe_definition():
 
 
 def test_efficientnet_loads_packaged_weights_offline(trunks):
-    for key, channels in (("efficientnet_lite0{}", 112), ("efficientnet_lite0{'feature_stride': 32}", 320)):
+    for key, channels in (("efficientnet_lite0{'feature_stride': 16}", 112), ("efficientnet_lite0{'feature_stride': 32}", 320)):
         backbone = trunks[key]
         assert backbone.channels == channels and backbone.pretrained_fc is None
         assert backbone.mean == pytest.approx((127 / 255,) * 3)
@@ -218,7 +218,7 @@ def test_efficientnet_loads_packaged_weights_offline(trunks):
 
 
 def test_prepare_resizes_flips_and_normalises(trunks):
-    backbone = trunks["efficientnet_lite0{}"]
+    backbone = trunks["efficientnet_lite0{'feature_stride': 16}"]
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     factor = 1.7
@@ -235,14 +235,14 @@ def test_prepare_resizes_flips_and_normalises(trunks):
 
 
 def test_trunk_is_frozen_and_stays_in_eval_mode(trunks):
-    backbone = trunks["efficientnet_lite0{}"]
+    backbone = trunks["efficientnet_lite0{'feature_stride': 16}"]
     backbone.train()
     assert not backbone.trunk.training
     assert not any(p.requires_grad for p in backbone.parameters())
     backbone.eval()
 
 
-@pytest.mark.parametrize("key", ["efficientnet_lite0{}", "zf5{}", "vgg16{'weights': 'none'}"])
+@pytest.mark.parametrize("key", ["efficientnet_lite0{'feature_stride': 32}", "zf5{}", "vgg16{'weights': 'none'}"])
 def test_conv_map_equals_the_plain_nchw_trunk_pass(trunks, key):
     """compute_conv_map runs channels-last for speed; the stored map must be the NCHW result."""
     from detector.convmaps import compute_conv_map
