@@ -174,7 +174,7 @@ def test_batch_size_and_flip_do_not_change_features(backbone):
     mirrored = np.ascontiguousarray(image[:, ::-1])
     flipped = RCNNFeatures(backbone, spp, batch_size=3).pool(image, boxes, flip=True)
     torch.testing.assert_close(flipped, RCNNFeatures(backbone, spp, batch_size=3).pool(mirrored, boxes))
-    assert RCNNFeatures(backbone, spp).pool(image, np.zeros((0, 4))).shape == (0, spp.output_size(112))
+    assert RCNNFeatures(backbone, spp).pool(image, np.zeros((0, 4))).shape == (0, spp.output_size(backbone.channels))
 
 
 def test_mode_is_checked_in_config_and_checkpoints():
