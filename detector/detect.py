@@ -25,7 +25,7 @@ from torchvision.ops import batched_nms
 
 from detector.geometry import select_scales
 from detector.model import DetectorModel
-from detector.pooling import pool_windows
+from detector.pooling import distinct_windows, pool_cells, window_cells
 from detector.rcnn import RCNNFeatures
 from detector.records import ImageRecord
 
@@ -64,26 +64,48 @@ class ImageDetections:
     labels: np.ndarray
 
 
+@dataclass
+class WindowFeatures:
+    """Pooled pyramid features and fc7 features of an image's distinct windows (see
+    :func:`detector.pooling.distinct_windows`): window ``i`` is row ``rows[i]``."""
+
+    pooled: torch.Tensor
+    fc7: torch.Tensor
+    rows: np.ndarray
+
+    def window_fc7(self, windows: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """fc7 features of the given windows (default: all), one row per window."""
+        return self.fc7[torch.from_numpy(self.rows[windows])]
+
+    def window_pooled(self, windows: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """Pooled features of the given windows (default: all), one row per window."""
+        return self.pooled[torch.from_numpy(self.rows[windows])]
+
+
 def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
-                    timer: StageTimer, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled pyramid features and fc7 features of the windows, each at its best scale
-    (SPP mode) or each from its own warped trunk pass (R-CNN mode)."""
+                    timer: StageTimer, batch: int = 1024) -> WindowFeatures:
+    """Pooled pyramid features and fc7 features of the windows, each at its best scale and
+    computed once per distinct window (SPP mode), or each from its own warped trunk pass
+    (R-CNN mode)."""
     if model.config.mode == "rcnn":
         pooled = RCNNFeatures.from_config(model.backbone, model.spp, model.config).pool_record(
             record, boxes, timer=timer)
+        rows = np.arange(len(pooled), dtype=np.int64)
     else:
         with timer.stage("conv"):
             maps = model.provider.get_scales(record, model.scales, flip=False)
         with timer.stage("pooling"):
             scale_index = select_scales(boxes, record.height, record.width, model.scales,
                                         model.config.max_side)
-            pooled = pool_windows(model.spp, model.backbone.geometry, maps, boxes, scale_index)
+            distinct, rows = distinct_windows(window_cells(model.backbone.geometry, maps, boxes,
+                                                           scale_index))
+            pooled = pool_cells(model.spp, maps, distinct)
     with timer.stage("fc"), torch.inference_mode():
         device = next(model.head.parameters()).device
         fc7 = torch.cat([model.head.features(pooled[i:i + batch].to(device)).cpu()
                          for i in range(0, len(pooled), batch)]) if len(pooled) else \
             torch.zeros((0, model.head.fc7.out_features))
-    return pooled, fc7
+    return WindowFeatures(pooled, fc7, rows)
 
 
 def score_windows(model: DetectorModel, fc7: torch.Tensor) -> np.ndarray:
@@ -100,17 +122,18 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
            timer: StageTimer) -> ImageDetections:
     """Run the test pipeline on one image's proposals."""
     boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
-    pooled, fc7 = window_features(model, record, boxes, timer)
+    features = window_features(model, record, boxes, timer)
     with timer.stage("scoring"):
-        scores = score_windows(model, fc7)
+        scores = score_windows(model, features.fc7)[features.rows]
         threshold = (model.config.score_threshold if model.config.scorer == "svm"
                      else model.config.softmax_threshold)
         rows, classes = np.nonzero(scores > threshold)
         kept_scores = scores[rows, classes]
     with timer.stage("regression"):
         if model.regressor is not None and len(rows):
-            kept_boxes = model.regressor.apply(pooled.numpy(), boxes[rows], classes,
-                                               record.width, record.height, feature_rows=rows)
+            kept_boxes = model.regressor.apply(features.pooled.numpy(), boxes[rows], classes,
+                                               record.width, record.height,
+                                               feature_rows=features.rows[rows])
         else:
             kept_boxes = boxes[rows]
     with timer.stage("nms"):

@@ -179,6 +179,7 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     flips = (False, True) if config.flip else (False,)
     bank = build_window_bank(context, train, sampling, flips, np.random.default_rng(config.seed),
                              progress)
+    bank_seconds = time.perf_counter() - started
     if len(bank.foreground) == 0:
         raise ValueError("fine-tuning: no window overlaps a GT box by IoU >= "
                          f"{config.fg_iou}; check the annotations and proposals")
@@ -229,5 +230,6 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     checkpoint(config.iterations)
     head.eval()
     return {"iterations": config.iterations - start, "seconds": time.perf_counter() - started,
-            "bank_windows": len(bank.labels), "bank_foreground": len(bank.foreground),
+            "bank_seconds": bank_seconds, "bank_windows": len(bank.labels),
+            "bank_foreground": len(bank.foreground),
             "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}

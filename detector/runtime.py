@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import resource
 
 log = logging.getLogger(__name__)
 
@@ -30,3 +31,8 @@ def keep_freed_memory() -> bool:
     if not done:
         log.debug("allocator settings unchanged (not glibc)")
     return done
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -29,6 +29,7 @@ from detector.finetune import PoolingContext, finetune, save_checkpoint
 from detector.head import SPPHead
 from detector.model import DetectorModel, conv_map_provider, save_model
 from detector.rcnn import RCNNFeatures
+from detector.runtime import peak_rss_mib
 from detector.spp import SpatialPyramidPooling
 from detector.voc import VOCDataset
 from detector.windows import ImageWindows, build_windows
@@ -53,8 +54,8 @@ def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: 
     sample = []
     for i in rng.choice(len(train), min(num_images, len(train)), replace=False):
         rows = rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)
-        _, fc7 = window_features(model, train[i].record, train[i].boxes[rows], StageTimer())
-        sample.append(fc7.numpy())
+        features = window_features(model, train[i].record, train[i].boxes[rows], StageTimer())
+        sample.append(features.window_fc7().numpy())
     return estimate_feature_scale(np.concatenate(sample))
 
 
@@ -73,11 +74,12 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
         passes_started += 1
         for windows in train:
             record = windows.record
-            pooled, fc7 = window_features(model, record, windows.boxes, StageTimer())
+            features = window_features(model, record, windows.boxes, StageTimer())
             if feed_regression:
                 pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
-                regression.add(pooled[pairs].numpy(), windows.boxes[pairs], record.boxes, record.labels)
-            yield SVMWindows(record.image_id, fc7.numpy(), windows.boxes, record.boxes,
+                regression.add(features.window_pooled(pairs).numpy(), windows.boxes[pairs],
+                               record.boxes, record.labels)
+            yield SVMWindows(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
                              record.labels, record.difficult)
 
     svm_config = SVMConfig(C=config.svm_c, pos_weight=config.svm_pos_weight,
@@ -91,11 +93,13 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
+    peak_rss: dict[str, float] = {}  # MiB, the peak so far at the end of each stage
     start = time.perf_counter()
     train = training_windows(dataset, config, progress)
     if not train:
         raise ValueError(f"no usable training image in {dataset.root} split {dataset.split}")
     timings["proposals"] = time.perf_counter() - start
+    peak_rss["proposals"] = peak_rss_mib()
 
     backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_options)
     backbone.to(config.device).eval()
@@ -110,6 +114,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
         log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
                  map_stats["bytes_per_image"], len(config.scales), len(flips))
     timings["conv_maps"] = time.perf_counter() - stage
+    peak_rss["conv_maps"] = peak_rss_mib()
 
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes),
                    config.dropout, config.seed)
@@ -122,6 +127,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     finetune_stats = finetune(head, context, train, dataset.classes, config,
                               out_dir / "finetune.pt", progress)
     timings["finetune"] = time.perf_counter() - stage
+    peak_rss["finetune"] = peak_rss_mib()
 
     model = DetectorModel(list(dataset.classes), config, backbone, spp, head, None, None, provider)
     classifiers_path = out_dir / "classifiers.pt"
@@ -134,18 +140,21 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
         svm_stats = state["stats"]
     else:
         model.svm, regression, svm_stats = train_classifiers(model, train, progress)
+        peak_rss["svms"] = peak_rss_mib()
         model.regressor = regression.fit()
         save_checkpoint(classifiers_path, {"svm": model.svm.state_dict(),
                                            "regressor": model.regressor.state_dict(),
                                            "stats": svm_stats})
     timings["svm_and_regression"] = time.perf_counter() - stage
+    peak_rss["svm_and_regression"] = peak_rss_mib()
     model_path = out_dir / "model.pt"
     save_model(model_path, model)
     timings["total"] = time.perf_counter() - start
-    summary = {"images": len(train), "classes": dataset.classes, "timings_s": timings,
+    summary = {"images": len(train), "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
                "conv_map_bytes_per_image": map_stats["bytes_per_image"],
                "finetune": finetune_stats, "svm": svm_stats, "config": config.to_dict()}
     write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding
     for name, seconds in timings.items():
-        tqdm.write(f"  {name:>20s}: {seconds:8.1f} s")
+        peak = f"   peak RSS so far {peak_rss[name]:7.0f} MiB" if name in peak_rss else ""
+        tqdm.write(f"  {name:>20s}: {seconds:8.1f} s{peak}")
     return model_path

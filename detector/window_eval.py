@@ -32,7 +32,7 @@ def window_accuracy(model: DetectorModel, images: Sequence[ImageWindows], seed: 
         indices, labels = sample_windows(windows, sampling, rng)
         if not len(indices):
             continue
-        _, fc7 = window_features(model, windows.record, windows.boxes[indices], StageTimer())
+        fc7 = window_features(model, windows.record, windows.boxes[indices], StageTimer()).window_fc7()
         with torch.inference_mode():
             predicted.append(model.head.fc8(fc7).argmax(1).numpy())
         truth.append(labels)

@@ -153,7 +153,7 @@ def test_spp_and_rcnn_modes_give_the_same_features_on_a_whole_image_window(backb
         config = make_config("cpu", {"scales": (SIZE,), "mode": mode, "context_pad": 0})
         model = DetectorModel(["a", "b"], config, backbone, spp, head, None, None)
         model.provider = ConvMapProvider(backbone, ConvMapCache(tmp_path / "maps"), config.max_side)
-        pooled[mode], _ = window_features(model, record, box, StageTimer())
+        pooled[mode] = window_features(model, record, box, StageTimer()).window_pooled()
     with torch.inference_mode():  # SPP mode before the float16 cache: the trunk on the image
         exact = spp(backbone(backbone.prepare(image, 1.0)))
     # the warp's sampling grid is float32 (inputs equal to 2e-5): features up to ~18 agree to 2e-4
