@@ -36,3 +36,21 @@ def keep_freed_memory() -> bool:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def release_freed_memory() -> None:
+    """Hand the freed heap back to the system (glibc ``malloc_trim``), holes included.
+
+    Kept memory (:func:`keep_freed_memory`) saves page faults within a stage, but images of
+    different sizes leave holes that only grow: on VOC dev_train the conv-map stage ended with
+    4.9 GB resident, all of it carried into fine-tuning.  The long loops call this every
+    ``TRIM_EVERY`` images and the training stages at their ends: one pass's worth of page faults
+    each time.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(ctypes.c_size_t(0))
+    except (OSError, AttributeError):
+        log.debug("malloc_trim unavailable (not glibc)")
+
+
+TRIM_EVERY = 100

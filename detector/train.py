@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from detector.finetune import PoolingContext, finetune, save_checkpoint
 from detector.head import SPPHead
 from detector.model import DetectorModel, conv_map_provider, save_model
 from detector.rcnn import RCNNFeatures
-from detector.runtime import peak_rss_mib
+from detector.runtime import TRIM_EVERY, peak_rss_mib, release_freed_memory
 from detector.spp import SpatialPyramidPooling
 from detector.voc import VOCDataset
 from detector.windows import ImageWindows, build_windows
@@ -59,6 +59,19 @@ def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: 
     return estimate_feature_scale(np.concatenate(sample))
 
 
+class SizedPass:
+    """One pass over the training images, sized so that the miner's progress bar has a total."""
+
+    def __init__(self, make: Callable[[], Iterator[SVMWindows]], count: int) -> None:
+        self.make, self.count = make, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[SVMWindows]:
+        return self.make()
+
+
 def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
                       progress: bool = True) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
     """Per-class SVMs (hard negative mining) on fc7 and box regressors on pooled conv5."""
@@ -68,11 +81,13 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
     regression = BoxRegressorTrainer(BoxRegressorConfig(alpha=config.bbox_alpha, seed=config.seed))
     passes_started = 0
 
-    def images() -> Iterator[SVMWindows]:
+    def one_pass() -> Iterator[SVMWindows]:
         nonlocal passes_started
         feed_regression = passes_started == 0
         passes_started += 1
-        for windows in train:
+        for index, windows in enumerate(train):
+            if index % TRIM_EVERY == TRIM_EVERY - 1:
+                release_freed_memory()
             record = windows.record
             features = window_features(model, record, windows.boxes, StageTimer())
             if feed_regression:
@@ -84,7 +99,8 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
 
     svm_config = SVMConfig(C=config.svm_c, pos_weight=config.svm_pos_weight,
                            intercept_scaling=config.svm_intercept_scaling, passes=config.svm_passes)
-    svm = train_svms(images, len(model.classes), scale, svm_config, progress=progress)
+    svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, svm_config,
+                     progress=progress)
     return svm, regression, svm.training_stats or {}
 
 
@@ -115,6 +131,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
                  map_stats["bytes_per_image"], len(config.scales), len(flips))
     timings["conv_maps"] = time.perf_counter() - stage
     peak_rss["conv_maps"] = peak_rss_mib()
+    release_freed_memory()
 
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes),
                    config.dropout, config.seed)
@@ -128,6 +145,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
                               out_dir / "finetune.pt", progress)
     timings["finetune"] = time.perf_counter() - stage
     peak_rss["finetune"] = peak_rss_mib()
+    release_freed_memory()
 
     model = DetectorModel(list(dataset.classes), config, backbone, spp, head, None, None, provider)
     classifiers_path = out_dir / "classifiers.pt"
@@ -141,6 +159,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     else:
         model.svm, regression, svm_stats = train_classifiers(model, train, progress)
         peak_rss["svms"] = peak_rss_mib()
+        release_freed_memory()
         model.regressor = regression.fit()
         save_checkpoint(classifiers_path, {"svm": model.svm.state_dict(),
                                            "regressor": model.regressor.state_dict(),

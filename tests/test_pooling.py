@@ -15,14 +15,7 @@ from detector.model import DetectorModel
 from detector.pooling import distinct_windows, pool_cells, pool_windows, window_cells
 from detector.records import ImageRecord
 from detector.spp import SpatialPyramidPooling, naive_pool_windows
-
-
-def random_boxes(rng, count, width, height):
-    x1 = rng.uniform(0, width - 2, count)
-    y1 = rng.uniform(0, height - 2, count)
-    x2 = np.minimum(x1 + rng.uniform(1, width, count), width)
-    y2 = np.minimum(y1 + rng.uniform(1, height, count), height)
-    return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+from random_windows import random_boxes
 
 
 def test_distinct_windows_pool_to_the_per_window_loop_on_random_maps():

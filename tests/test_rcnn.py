@@ -26,6 +26,7 @@ from detector.rcnn import RCNNFeatures, plan_warps, warp_windows
 from detector.records import ImageRecord
 from detector.spp import SpatialPyramidPooling
 from detector.voc import load_voc
+from random_windows import random_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -34,15 +35,6 @@ SIZE = 224
 @pytest.fixture(scope="module")
 def backbone():
     return build_backbone("efficientnet_lite0")
-
-
-def random_boxes(rng, count, width, height):
-    """Windows inside the image: tiny to whole-image, many touching a border."""
-    x1 = rng.uniform(0, width - 2, count)
-    y1 = rng.uniform(0, height - 2, count)
-    x2 = np.minimum(x1 + rng.uniform(1, width, count), width)
-    y2 = np.minimum(y1 + rng.uniform(1, height, count), height)
-    return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
 
 
 def round_half_up(value):
