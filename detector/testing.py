@@ -12,6 +12,7 @@ from detector.detect import StageTimer, detect
 from detector.detections import Detections
 from detector.evaluation import evaluate_detection_set, format_ap_table, write_json_atomic, write_result_files
 from detector.model import DetectorModel
+from detector.runtime import TRIM_EVERY, release_freed_memory
 from detector.voc import VOCDataset
 from proposals.cache import load_or_compute_proposals
 
@@ -27,7 +28,9 @@ def run_detector(model: DetectorModel, dataset: VOCDataset, progress: bool = Tru
                                               model.config.proposal_max_side, model.config.workers,
                                               progress)
     per_class: dict[int, list[Detections]] = {k: [] for k in range(len(model.classes))}
-    for record in tqdm(dataset.records, desc="detecting", disable=not progress, unit="img"):
+    for index, record in enumerate(tqdm(dataset.records, desc="detecting", disable=not progress, unit="img")):
+        if index % TRIM_EVERY == TRIM_EVERY - 1:
+            release_freed_memory()  # heap holes left by images of different sizes
         if record.image_id not in proposals:
             continue
         found = detect(model, record, proposals[record.image_id], timer)
