@@ -28,7 +28,7 @@ from detector.backbones import Backbone
 from detector.geometry import image_scale_factor
 from detector.images import load_image
 from detector.records import ImageRecord
-from detector.runtime import TRIM_EVERY, release_freed_memory
+from detector.runtime import trimming
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,7 @@ class ConvMapProvider:
         records = list(records)
         computed = failed = 0
         total_bytes = 0
-        for index, record in enumerate(tqdm(records, desc=desc, disable=not progress, unit="img")):
-            if index % TRIM_EVERY == TRIM_EVERY - 1:
-                release_freed_memory()
+        for record in trimming(tqdm(records, desc=desc, disable=not progress, unit="img")):
             missing = [(s, f) for f in flips for s in scales
                        if self.cache.load(record.image_id, s, f) is None]
             if missing:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import resource
+from typing import Iterable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -43,9 +45,9 @@ def release_freed_memory() -> None:
 
     Kept memory (:func:`keep_freed_memory`) saves page faults within a stage, but images of
     different sizes leave holes that only grow: on VOC dev_train the conv-map stage ended with
-    4.9 GB resident, all of it carried into fine-tuning.  The long loops call this every
-    ``TRIM_EVERY`` images and the training stages at their ends: one pass's worth of page faults
-    each time.
+    4.9 GB resident, all of it carried into fine-tuning.  The long loops go through
+    :func:`trimming` and the training stages call this at their ends: one pass's worth of page
+    faults each time.
     """
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(ctypes.c_size_t(0))
@@ -53,4 +55,10 @@ def release_freed_memory() -> None:
         log.debug("malloc_trim unavailable (not glibc)")
 
 
-TRIM_EVERY = 100
+
+def trimming(items: Iterable[T], every: int = 100) -> Iterator[T]:
+    """Yield ``items``, handing the freed heap back (:func:`release_freed_memory`) every ``every``."""
+    for index, item in enumerate(items):
+        if index and index % every == 0:
+            release_freed_memory()
+        yield item

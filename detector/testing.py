@@ -12,7 +12,7 @@ from detector.detect import StageTimer, detect
 from detector.detections import Detections
 from detector.evaluation import evaluate_detection_set, format_ap_table, write_json_atomic, write_result_files
 from detector.model import DetectorModel
-from detector.runtime import TRIM_EVERY, release_freed_memory
+from detector.runtime import trimming
 from detector.voc import VOCDataset
 from proposals.cache import load_or_compute_proposals
 
@@ -28,9 +28,7 @@ def run_detector(model: DetectorModel, dataset: VOCDataset, progress: bool = Tru
                                               model.config.proposal_max_side, model.config.workers,
                                               progress)
     per_class: dict[int, list[Detections]] = {k: [] for k in range(len(model.classes))}
-    for index, record in enumerate(tqdm(dataset.records, desc="detecting", disable=not progress, unit="img")):
-        if index % TRIM_EVERY == TRIM_EVERY - 1:
-            release_freed_memory()  # heap holes left by images of different sizes
+    for record in trimming(tqdm(dataset.records, desc="detecting", disable=not progress, unit="img")):
         if record.image_id not in proposals:
             continue
         found = detect(model, record, proposals[record.image_id], timer)

@@ -29,7 +29,7 @@ from detector.finetune import PoolingContext, finetune, save_checkpoint
 from detector.head import SPPHead
 from detector.model import DetectorModel, conv_map_provider, save_model
 from detector.rcnn import RCNNFeatures
-from detector.runtime import TRIM_EVERY, peak_rss_mib, release_freed_memory
+from detector.runtime import peak_rss_mib, release_freed_memory, trimming
 from detector.spp import SpatialPyramidPooling
 from detector.voc import VOCDataset
 from detector.windows import ImageWindows, build_windows
@@ -85,9 +85,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
         nonlocal passes_started
         feed_regression = passes_started == 0
         passes_started += 1
-        for index, windows in enumerate(train):
-            if index % TRIM_EVERY == TRIM_EVERY - 1:
-                release_freed_memory()
+        for windows in trimming(train):
             record = windows.record
             features = window_features(model, record, windows.boxes, StageTimer())
             if feed_regression:
@@ -110,12 +108,18 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}  # MiB, the peak so far at the end of each stage
+
+    def end_stage(name: str, began: float) -> None:
+        """Record a stage's seconds and the peak RSS so far, then hand the freed heap back."""
+        timings[name] = time.perf_counter() - began
+        peak_rss[name] = peak_rss_mib()
+        release_freed_memory()
+
     start = time.perf_counter()
     train = training_windows(dataset, config, progress)
     if not train:
         raise ValueError(f"no usable training image in {dataset.root} split {dataset.split}")
-    timings["proposals"] = time.perf_counter() - start
-    peak_rss["proposals"] = peak_rss_mib()
+    end_stage("proposals", start)
 
     backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_options)
     backbone.to(config.device).eval()
@@ -129,9 +133,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
                                         desc="conv maps (train)")
         log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
                  map_stats["bytes_per_image"], len(config.scales), len(flips))
-    timings["conv_maps"] = time.perf_counter() - stage
-    peak_rss["conv_maps"] = peak_rss_mib()
-    release_freed_memory()
+    end_stage("conv_maps", stage)
 
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes),
                    config.dropout, config.seed)
@@ -143,9 +145,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     stage = time.perf_counter()
     finetune_stats = finetune(head, context, train, dataset.classes, config,
                               out_dir / "finetune.pt", progress)
-    timings["finetune"] = time.perf_counter() - stage
-    peak_rss["finetune"] = peak_rss_mib()
-    release_freed_memory()
+    end_stage("finetune", stage)
 
     model = DetectorModel(list(dataset.classes), config, backbone, spp, head, None, None, provider)
     classifiers_path = out_dir / "classifiers.pt"
@@ -164,8 +164,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
         save_checkpoint(classifiers_path, {"svm": model.svm.state_dict(),
                                            "regressor": model.regressor.state_dict(),
                                            "stats": svm_stats})
-    timings["svm_and_regression"] = time.perf_counter() - stage
-    peak_rss["svm_and_regression"] = peak_rss_mib()
+    end_stage("svm_and_regression", stage)
     model_path = out_dir / "model.pt"
     save_model(model_path, model)
     timings["total"] = time.perf_counter() - start

@@ -63,3 +63,13 @@ def test_release_freed_memory_hands_heap_holes_back():
     out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True, check=True)
     before, after = map(float, out.stdout.split())
     assert before - after > 0.8 * 20 * 16  # most of the 20 freed 16 MB blocks left the process
+
+
+def test_trimming_yields_every_item_and_trims_every_hundred(monkeypatch):
+    from detector import runtime
+    calls = []
+    monkeypatch.setattr(runtime, "release_freed_memory", lambda: calls.append(len(seen)))
+    seen = []
+    for item in runtime.trimming(range(250)):
+        seen.append(item)
+    assert seen == list(range(250)) and calls == [100, 200]
