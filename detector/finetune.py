@@ -195,7 +195,7 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         start = state["iteration"]
         log.info("fine-tuning: resuming from %s at iteration %d", checkpoint_path, start)
     elif context.normalise:
-        head.set_normalisation(bank.features[:20000].float())
+        head.set_normalisation(bank.features[:20000])
     head.train()
 
     def checkpoint(iteration: int) -> None:

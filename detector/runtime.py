@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import resource
+from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
@@ -22,17 +23,41 @@ _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 2**30
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to reuse freed memory instead of unmapping it; False where that is not glibc."""
+def _set_thresholds(threshold: int) -> bool:
+    """Blocks of at least ``threshold`` bytes get their own mapping, and at most that much
+    free heap is kept at the top; False where that is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        done = (libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_KEEP_BYTES)) == 1
-                and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_KEEP_BYTES)) == 1)
+        done = (libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)) == 1
+                and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(threshold)) == 1)
     except (OSError, AttributeError):
         done = False
     if not done:
         log.debug("allocator settings unchanged (not glibc)")
     return done
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to reuse freed memory instead of unmapping it; False where that is not glibc."""
+    return _set_thresholds(_KEEP_BYTES)
+
+
+@contextmanager
+def mapping_large_blocks(threshold: int = 32 * 2**20) -> Iterator[None]:
+    """Within the block, give every allocation of at least ``threshold`` bytes its own mapping
+    (returned to the system when freed), then go back to :func:`keep_freed_memory`.
+
+    For stages without conv passes whose large buffers grow while per-image temporaries come
+    and go (the SVM stage's hard-negative caches and regression pairs): in the kept heap the
+    buffers a growing array leaves behind become holes that later temporaries touch again, so
+    the resident size creeps up between trims.  Mapped, a freed buffer leaves nothing behind.
+    """
+    _set_thresholds(threshold)
+    release_freed_memory()
+    try:
+        yield
+    finally:
+        keep_freed_memory()
 
 
 def peak_rss_mib() -> float:

@@ -29,7 +29,7 @@ from detector.finetune import PoolingContext, finetune, save_checkpoint
 from detector.head import SPPHead
 from detector.model import DetectorModel, conv_map_provider, save_model
 from detector.rcnn import RCNNFeatures
-from detector.runtime import peak_rss_mib, release_freed_memory, trimming
+from detector.runtime import mapping_large_blocks, peak_rss_mib, release_freed_memory, trimming
 from detector.spp import SpatialPyramidPooling
 from detector.voc import VOCDataset
 from detector.windows import ImageWindows, build_windows
@@ -157,10 +157,11 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
         log.info("SVMs and box regressors: reusing %s", classifiers_path)
         svm_stats = state["stats"]
     else:
-        model.svm, regression, svm_stats = train_classifiers(model, train, progress)
-        peak_rss["svms"] = peak_rss_mib()
-        release_freed_memory()
-        model.regressor = regression.fit()
+        with mapping_large_blocks():
+            model.svm, regression, svm_stats = train_classifiers(model, train, progress)
+            peak_rss["svms"] = peak_rss_mib()
+            release_freed_memory()
+            model.regressor = regression.fit()
         save_checkpoint(classifiers_path, {"svm": model.svm.state_dict(),
                                            "regressor": model.regressor.state_dict(),
                                            "stats": svm_stats})

@@ -106,6 +106,12 @@ class ClassMiningStats:
     retrains: int = 0
     seconds: float = 0.0
     retrain_seconds: float = 0.0
+    # after the last retrain: |w|, b, and the share of positives / cached negatives on the right
+    # side of 0 (a collapsed SVM shows as a tiny |w| and one share near 0)
+    weight_norm: float = 0.0
+    bias: float = 0.0
+    positives_correct: float = 0.0
+    negatives_correct: float = 0.0
 
 
 @dataclass
@@ -419,8 +425,12 @@ class HardNegativeMiner:
         self.weights[label] = weight
         self.biases[label] = bias
         cache.rescore(weight, bias)
-        evicted = cache.evict_below(config.evict_threshold)
         class_stats = self.stats.classes[label]
+        class_stats.weight_norm = float(np.linalg.norm(weight))
+        class_stats.bias = float(bias)
+        class_stats.positives_correct = float(np.mean(positives.astype(np.float32) @ weight + bias > 0))
+        class_stats.negatives_correct = float(np.mean(cache.scores < 0))
+        evicted = cache.evict_below(config.evict_threshold)
         class_stats.evicted += evicted
         class_stats.retrains += 1
         self._added_since_retrain[label] = 0
