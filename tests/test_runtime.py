@@ -73,3 +73,33 @@ def test_trimming_yields_every_item_and_trims_every_hundred(monkeypatch):
     for item in runtime.trimming(range(250)):
         seen.append(item)
     assert seen == list(range(250)) and calls == [100, 200]
+
+
+# Bytes in their own mappings (glibc mallinfo2.hblkhd) held by a live 64 MB array: kept heap,
+# then inside mapping_large_blocks, then after it (kept heap again).
+MAPPED_SCRIPT = """
+import ctypes
+import numpy as np
+from detector.runtime import keep_freed_memory, mapping_large_blocks
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                               "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+def mapped_while_alive():
+    before = libc.mallinfo2().hblkhd
+    block = np.ones(8_000_000)
+    return libc.mallinfo2().hblkhd - before
+assert keep_freed_memory()
+kept = mapped_while_alive()
+with mapping_large_blocks(32 * 2**20):
+    inside = mapped_while_alive()
+print(kept, inside, mapped_while_alive())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_mapping_large_blocks_maps_them_only_inside_the_block():
+    out = subprocess.run([sys.executable, "-c", MAPPED_SCRIPT], capture_output=True, text=True, check=True)
+    kept, inside, after = map(int, out.stdout.split())
+    assert kept == 0 and inside >= 64_000_000 and after == 0, (kept, inside, after)
