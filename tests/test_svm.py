@@ -363,6 +363,14 @@ def test_mining_beats_random_negatives_and_keeps_invariants(world, train_images,
         assert class_stats["cache_size"] == miner.caches[label].size > 0
         assert 2 <= class_stats["retrains"] <= class_stats["hard_added"] // config.retrain_every + 1
         assert class_stats["hard_added"] == class_stats["cache_size"] + class_stats["evicted"]
+        # the record of the last retrain is that of the returned SVM
+        weight = model.weights[label]
+        assert class_stats["weight_norm"] == pytest.approx(float(np.linalg.norm(weight)), rel=1e-6)
+        assert class_stats["bias"] == pytest.approx(float(model.biases[label]), abs=1e-6)
+        positives = np.concatenate(miner.positives[label]).astype(np.float32)
+        assert class_stats["positives_correct"] == pytest.approx(
+            float(np.mean(positives @ weight + model.biases[label] > 0)))
+        assert 0.5 < class_stats["positives_correct"] <= 1 and 0.5 < class_stats["negatives_correct"] <= 1
     assert 0 < stats["peak_cache_bytes"] and stats["images_per_pass"] == [len(train_images)]
 
     held_out = make_images(2, 30, world)
