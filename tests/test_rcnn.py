@@ -239,3 +239,10 @@ def test_train_and_test_with_mode_rcnn_through_the_tools(tiny_demo, tmp_path):
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["seconds_per_image"]["conv"] > 0
     assert "mAP" in result.stdout
+    # --mode overrides the model's feature path: the same model tested in SPP mode pools from
+    # conv maps, which it computes into the cache
+    subprocess.run([sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(root),
+                    "--split", "test", "--model", str(tmp_path / "run" / "model.pt"),
+                    "--out", str(tmp_path / "test_spp"), "--mode", "spp", "--quiet"],
+                   check=True, capture_output=True, env=env)
+    assert list(cache.glob("*/convmaps")) and (tmp_path / "test_spp" / "metrics.json").is_file()

@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
     parser.add_argument("--scorer", choices=("svm", "softmax"),
                         help="score windows with the SVMs (default, as the paper) or the fc8 softmax")
+    parser.add_argument("--mode", choices=("spp", "rcnn"),
+                        help="feature path (default: the model's): spp pools every window from the "
+                             "image's conv maps; rcnn warps each window to the trunk's input size and "
+                             "runs the trunk on it (R-CNN, one trunk pass per window: slow)")
     parser.add_argument("--device", help="cpu or cuda (default: the model's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.model, args.device)
         if args.scorer:
             model.config.scorer = args.scorer
+        if args.mode:
+            model.config.mode = args.mode
         dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
         model.attach_dataset(dataset.root)
         evaluate_on_split(model, dataset, args.out, use_07_metric=args.metric == "voc07",
