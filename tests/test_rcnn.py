@@ -216,6 +216,9 @@ def test_benchmark_tables_on_a_tiny_demo(tiny_demo):
                                                                        table["spp"]["pooling"])
         assert table["feature_speedup"] == pytest.approx(speedup)
         assert table["conv_map_cache_bytes_per_image"] > 0
+        if sys.platform.startswith("linux"):  # peaks from the separate memory pass
+            assert all(table["memory"][mode]["peak_rss_mb"] >= table["memory"][mode]["rise_mb"] > 0
+                       for mode in ("spp", "rcnn"))
     assert results["1"]["rcnn"] == results["2"]["rcnn"]  # R-CNN does not use the scales
     assert "pixel_ratio" in format_benchmark(results)
 
