@@ -10,6 +10,7 @@ up to 1 GiB of freed heap for reuse instead of handing it back.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import resource
 from contextlib import contextmanager
@@ -21,25 +22,35 @@ T = TypeVar("T")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 2**30
+_kept = False  # whether keep_freed_memory() is in force
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, or None where the C library is another one."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        libc = None
+    if libc is None or not all(hasattr(libc, name) for name in ("mallopt", "malloc_trim")):
+        log.debug("not glibc: allocator settings and trims are skipped")
+        return None
+    return libc
 
 
 def _set_thresholds(threshold: int) -> bool:
     """Blocks of at least ``threshold`` bytes get their own mapping, and at most that much
     free heap is kept at the top; False where that is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        done = (libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)) == 1
-                and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(threshold)) == 1)
-    except (OSError, AttributeError):
-        done = False
-    if not done:
-        log.debug("allocator settings unchanged (not glibc)")
-    return done
+    libc = _glibc()
+    return libc is not None and (libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)) == 1
+                                 and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(threshold)) == 1)
 
 
 def keep_freed_memory() -> bool:
     """Ask glibc to reuse freed memory instead of unmapping it; False where that is not glibc."""
-    return _set_thresholds(_KEEP_BYTES)
+    global _kept
+    _kept = _set_thresholds(_KEEP_BYTES)
+    return _kept
 
 
 @contextmanager
@@ -51,7 +62,12 @@ def mapping_large_blocks(threshold: int = 32 * 2**20) -> Iterator[None]:
     and go (the SVM stage's hard-negative caches and regression pairs): in the kept heap the
     buffers a growing array leaves behind become holes that later temporaries touch again, so
     the resident size creeps up between trims.  Mapped, a freed buffer leaves nothing behind.
+    Without :func:`keep_freed_memory` in force nothing changes: glibc's own threshold already
+    maps blocks above 32 MB.
     """
+    if not _kept:
+        yield
+        return
     _set_thresholds(threshold)
     release_freed_memory()
     try:
@@ -74,11 +90,9 @@ def release_freed_memory() -> None:
     :func:`trimming` and the training stages call this at their ends: one pass's worth of page
     faults each time.
     """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(ctypes.c_size_t(0))
-    except (OSError, AttributeError):
-        log.debug("malloc_trim unavailable (not glibc)")
-
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(ctypes.c_size_t(0))
 
 
 def trimming(items: Iterable[T], every: int = 100) -> Iterator[T]:
