@@ -18,18 +18,20 @@ tallest bin is at most ``_EXACT_ROWS`` cells, else powers of two (a sparse table
 gathers); columns always use powers of two.  A level that divides a finer level is not
 queried but reduced from it: bins ``j*g .. j*g + g - 1`` of level ``n*g`` cover exactly bin
 ``j`` of level ``n`` (consecutive bins touch or overlap, so their union is ``[floor(j a / n),
-ceil((j + 1) a / n))``).
+ceil((j + 1) a / n))``).  The table is built with torch ops; the per-window gathers, maxima,
+reductions and the write in output layout run in one compiled loop
+(:mod:`detector.spp_kernel`).
 
 Why not ``torchvision.ops.roi_pool``: for integer cells (``spatial_scale=1``) it computes the
 same bins (the tests use it as a second reference), but its CPU kernel visits every cell of
-every bin in scalar code.  ``tools/bench_spp.py`` (2000 windows, 112 x 43 x 57 map, one
-thread): roi_pool per level ~6x faster than a Python loop over bins, this table ~30-55x
-(memory-bound: writing the 45 MB float32 result alone is a large share on this machine).
+every bin in scalar code.  ``tools/bench_spp.py`` (2000 windows, one thread, float16 map):
+roi_pool per level is ~8x faster than the naive loop, this path 73x on a 112 x 43 x 57 map
+and 60x on a 320 x 22 x 29 one.
 
-Precision: a float16 (the conv-map cache) or bfloat16 map is pooled in its own precision and
-the result returned as float32.  Max pooling only compares and copies values, so this is
-bit-identical to converting the map to float32 first (the tests check it against a float64
-loop), while the table and the gathers move half the bytes.  The window path is inference
+Precision: a float16 (the conv-map cache) or bfloat16 map is converted to float32 before
+the table is built, which is exact, and the result is float32 (float64 for a float64 map).
+Max pooling only compares and copies values, so the result equals the float64 loop's
+(the tests check it).  The window path is inference
 only (the conv trunk is frozen, nothing upstream needs gradients).
 """
 from __future__ import annotations
@@ -43,11 +45,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.runtime import mapping_large_blocks
+from detector.spp_kernel import pool_from_table
 
-# Memory and cache budgets (elements): the block table (channels are split into groups beyond
-# it) and each chunk's gather buffers.  Results never depend on them.
+# Memory budget (elements) of the block table: channels are split into groups beyond it.
+# Results never depend on it.
 _TABLE_ELEMENTS = 2**24
-_CHUNK_ELEMENTS = 2**20
 # Exact row heights while the tallest bin is at most this many cells: twice the table rows of
 # a power-of-two table at most, half the gathers.
 _EXACT_ROWS = 8
@@ -131,18 +133,6 @@ def _table_shape(cells: torch.Tensor, levels: Sequence[int], height: int,
     return exact_y, tallest if exact_y else tallest.bit_length(), widest.bit_length()
 
 
-def _gather_max(rows: torch.Tensor, indices: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Max of the table rows at the given indices (each K x n x n): K x n x n x C."""
-    k, n, _ = indices[0].shape
-    result = rows.index_select(0, indices[0].reshape(-1))
-    if len(indices) > 1:
-        scratch = torch.empty_like(result)
-        for index in indices[1:]:
-            torch.index_select(rows, 0, index.reshape(-1), out=scratch)
-            torch.maximum(result, scratch, out=result)
-    return result.view(k, n, n, rows.shape[1])
-
-
 def _result_dtype(dtype: torch.dtype) -> torch.dtype:
     """Pooled features are float32 (float64 for a float64 map), whatever the map's precision."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -198,45 +188,42 @@ class SpatialPyramidPooling(nn.Module):
             return out
         queried = [n for n in self.levels if self._source[n] is None]
         exact_y, levels_y, levels_x = _table_shape(cells, queried, height, width)
-        corners = {n: _corner_rows(cells, n, exact_y, levels_x, height, width) for n in queried}
+        corners = torch.cat([torch.stack(_corner_rows(cells, n, exact_y, levels_x, height, width), dim=-1)
+                             .reshape(count, n * n, -1) for n in queried], dim=1).numpy()
+        plan = self._bin_plan(channels)
         group = max(1, min(channels, _TABLE_ELEMENTS // (levels_y * levels_x * height * width)))
-        chunk = max(1, _CHUNK_ELEMENTS // (group * max(n * n for n in queried)))
-        offsets = np.cumsum([0] + [channels * n * n for n in self.levels])
-        views = {n: out[:, offsets[i]:offsets[i + 1]].view(count, channels, n, n)
-                 for i, n in enumerate(self.levels)}
-        finest_first = sorted(self.levels, reverse=True)
         for c0 in range(0, channels, group):
-            c1 = min(c0 + group, channels)
-            rows = _block_table(fmap[c0:c1], levels_y, levels_x, exact_y).view(-1, c1 - c0)
-            for k0 in range(0, count, chunk):
-                k1 = min(k0 + chunk, count)
-                values: dict[int, torch.Tensor] = {}
-                for n in finest_first:
-                    source = self._source[n]
-                    if source is None:
-                        values[n] = _gather_max(rows, [index[k0:k1] for index in corners[n]])
-                    else:
-                        values[n] = self._reduce(values[source], source // n)
-                    # transposed in the map's precision while the chunk is in cache, then
-                    # converted: 624 us per 91-window level-6 chunk of a 320-channel map (one
-                    # thread) against 797 us for one transposing float16 -> float32 copy
-                    views[n][k0:k1, c0:c1].copy_(values[n].permute(0, 3, 1, 2).contiguous())
+            block = fmap[c0:c0 + group].to(out.dtype)  # exact: float16/bfloat16 -> float32
+            rows = _block_table(block, levels_y, levels_x, exact_y).view(-1, block.shape[0])
+            pool_from_table(rows.numpy(), corners, *plan, c0, out.numpy())
         return out
 
-    @staticmethod
-    def _reduce(values: torch.Tensor, group: int) -> torch.Tensor:
-        """Coarser level from a finer one (K x n x n x C): max over ``group x group`` blocks of bins.
+    def _bin_plan(self, channels: int) -> tuple[np.ndarray, ...]:
+        """Bin bookkeeping for :func:`detector.spp_kernel.pool_from_table`.
 
-        Separable (rows, then columns) chained maxima of strided slices: several times faster
-        than ``amax`` over the two interleaved block dimensions.
+        Bins are numbered in output order (levels as given, each row-major).  Returns the
+        queried bins (in the order of the corner rows), the reduced bins, finest level first,
+        with their source bins (CSR: starts, flat ids), and per level its first bin, its bin
+        count and its offset in the output.
         """
-        rows = torch.maximum(values[:, 0::group], values[:, 1::group])
-        for i in range(2, group):
-            torch.maximum(rows, values[:, i::group], out=rows)
-        result = torch.maximum(rows[:, :, 0::group], rows[:, :, 1::group])
-        for j in range(2, group):
-            torch.maximum(result, rows[:, :, j::group], out=result)
-        return result
+        first_bin = dict(zip(self.levels, np.cumsum([0] + [n * n for n in self.levels]).tolist()))
+        queried = np.concatenate([first_bin[n] + np.arange(n * n) for n in self.levels
+                                  if self._source[n] is None])
+        reduced, starts, sources = [], [0], []
+        for n in sorted((n for n in self.levels if self._source[n] is not None), reverse=True):
+            m = self._source[n]
+            g = m // n
+            for p in range(n):
+                for q in range(n):
+                    reduced.append(first_bin[n] + p * n + q)
+                    sources.extend(first_bin[m] + (p * g + i) * m + q * g + j
+                                   for i in range(g) for j in range(g))
+                    starts.append(len(sources))
+        level_first = [first_bin[n] for n in self.levels]
+        level_size = [n * n for n in self.levels]
+        level_offset = [channels * first for first in level_first]
+        return tuple(np.asarray(v, dtype=np.int64) for v in
+                     (queried, reduced, starts, sources, level_first, level_size, level_offset))
 
     @staticmethod
     def _as_map(feature_map: torch.Tensor) -> torch.Tensor:

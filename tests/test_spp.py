@@ -107,8 +107,8 @@ def test_pool_windows_many_windows_and_tall_bins():
     assert torch.equal(spp.pool_windows(fmap, small), naive_pool_windows(fmap, small).float())
 
 
-def test_pool_windows_channel_groups_and_chunks(monkeypatch):
-    # tiny budgets force several channel groups and window chunks: same result
+def test_pool_windows_channel_groups(monkeypatch):
+    # a tiny table budget forces several channel groups: same result
     import detector.spp as spp_module
 
     generator = torch.Generator().manual_seed(4)
@@ -117,7 +117,6 @@ def test_pool_windows_channel_groups_and_chunks(monkeypatch):
     spp = SpatialPyramidPooling((7, 3, 2, 1))
     expected = spp.pool_windows(fmap, cells)
     monkeypatch.setattr(spp_module, "_TABLE_ELEMENTS", 1000)
-    monkeypatch.setattr(spp_module, "_CHUNK_ELEMENTS", 500)
     assert torch.equal(spp.pool_windows(fmap, cells), expected)
     assert torch.equal(expected, naive_pool_windows(fmap, cells, spp.levels).float())
 
