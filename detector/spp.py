@@ -31,8 +31,8 @@ and 60x on a 320 x 22 x 29 one.
 Precision: a float16 (the conv-map cache) or bfloat16 map is converted to float32 before
 the table is built, which is exact, and the result is float32 (float64 for a float64 map).
 Max pooling only compares and copies values, so the result equals the float64 loop's
-(the tests check it).  The window path is inference
-only (the conv trunk is frozen, nothing upstream needs gradients).
+(the tests check it).  The window path is inference only (the conv trunk is frozen,
+nothing upstream needs gradients).
 """
 from __future__ import annotations
 
@@ -151,6 +151,7 @@ class SpatialPyramidPooling(nn.Module):
         # it divides (ZF/AlexNet pyramid: 6 queried, 3 and 2 from 6, 1 from 2).
         self._source: dict[int, int | None] = {
             n: min((m for m in levels if m > n and m % n == 0), default=None) for n in levels}
+        self._bin_plan = self._plan_bins(levels, self._source)
 
     @property
     def bins(self) -> int:
@@ -190,28 +191,28 @@ class SpatialPyramidPooling(nn.Module):
         exact_y, levels_y, levels_x = _table_shape(cells, queried, height, width)
         corners = torch.cat([torch.stack(_corner_rows(cells, n, exact_y, levels_x, height, width), dim=-1)
                              .reshape(count, n * n, -1) for n in queried], dim=1).numpy()
-        plan = self._bin_plan(channels)
         group = max(1, min(channels, _TABLE_ELEMENTS // (levels_y * levels_x * height * width)))
         for c0 in range(0, channels, group):
             block = fmap[c0:c0 + group].to(out.dtype)  # exact: float16/bfloat16 -> float32
             rows = _block_table(block, levels_y, levels_x, exact_y).view(-1, block.shape[0])
-            pool_from_table(rows.numpy(), corners, *plan, c0, out.numpy())
+            pool_from_table(rows.numpy(), corners, *self._bin_plan, c0, out.numpy())
         return out
 
-    def _bin_plan(self, channels: int) -> tuple[np.ndarray, ...]:
+    @staticmethod
+    def _plan_bins(levels: tuple[int, ...], source_of: dict[int, int | None]) -> tuple[np.ndarray, ...]:
         """Bin bookkeeping for :func:`detector.spp_kernel.pool_from_table`.
 
         Bins are numbered in output order (levels as given, each row-major).  Returns the
         queried bins (in the order of the corner rows), the reduced bins, finest level first,
-        with their source bins (CSR: starts, flat ids), and per level its first bin, its bin
-        count and its offset in the output.
+        with their source bins (CSR: starts, flat ids), and per level its first bin and its
+        bin count.
         """
-        first_bin = dict(zip(self.levels, np.cumsum([0] + [n * n for n in self.levels]).tolist()))
-        queried = np.concatenate([first_bin[n] + np.arange(n * n) for n in self.levels
-                                  if self._source[n] is None])
+        first_bin = dict(zip(levels, np.cumsum([0] + [n * n for n in levels]).tolist()))
+        queried = np.concatenate([first_bin[n] + np.arange(n * n) for n in levels
+                                  if source_of[n] is None])
         reduced, starts, sources = [], [0], []
-        for n in sorted((n for n in self.levels if self._source[n] is not None), reverse=True):
-            m = self._source[n]
+        for n in sorted((n for n in levels if source_of[n] is not None), reverse=True):
+            m = source_of[n]
             g = m // n
             for p in range(n):
                 for q in range(n):
@@ -219,11 +220,10 @@ class SpatialPyramidPooling(nn.Module):
                     sources.extend(first_bin[m] + (p * g + i) * m + q * g + j
                                    for i in range(g) for j in range(g))
                     starts.append(len(sources))
-        level_first = [first_bin[n] for n in self.levels]
-        level_size = [n * n for n in self.levels]
-        level_offset = [channels * first for first in level_first]
+        level_first = [first_bin[n] for n in levels]
+        level_size = [n * n for n in levels]
         return tuple(np.asarray(v, dtype=np.int64) for v in
-                     (queried, reduced, starts, sources, level_first, level_size, level_offset))
+                     (queried, reduced, starts, sources, level_first, level_size))
 
     @staticmethod
     def _as_map(feature_map: torch.Tensor) -> torch.Tensor:

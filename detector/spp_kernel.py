@@ -13,45 +13,44 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _max_of_rows(target: np.ndarray, table: np.ndarray, row_ids: np.ndarray) -> None:
+    """``target[:] = max over i of table[row_ids[i]]``, channel by channel."""
+    first = table[row_ids[0]]
+    for c in range(target.shape[0]):
+        target[c] = first[c]
+    for i in range(1, row_ids.shape[0]):
+        other = table[row_ids[i]]
+        for c in range(target.shape[0]):
+            target[c] = max(target[c], other[c])
+
+
 @njit(cache=True, nogil=True)
 def pool_from_table(rows: np.ndarray, corners: np.ndarray, queried_bins: np.ndarray,
                     reduced_bins: np.ndarray, source_start: np.ndarray, sources: np.ndarray,
-                    level_first: np.ndarray, level_size: np.ndarray, level_offset: np.ndarray,
-                    channel0: int, out: np.ndarray) -> None:
-    """Fill ``out[k, level_offset[l] + (channel0 + c) * level_size[l] + t]`` with bin
-    ``level_first[l] + t`` of channel c for every window k, level l and channel c of ``rows``'
-    channel group.
+                    level_first: np.ndarray, level_size: np.ndarray, channel0: int,
+                    out: np.ndarray) -> None:
+    """Fill ``out[k, C * level_first[l] + (channel0 + c) * level_size[l] + t]`` (``C``: all the
+    output's channels) with bin ``level_first[l] + t`` for every window k, level l and channel c
+    of ``rows``' channel group.
 
-    ``rows``: R x C table rows.  ``corners[k, j]``: the rows whose max is queried bin
+    ``rows``: R x c table rows.  ``corners[k, j]``: the rows whose max is queried bin
     ``queried_bins[j]`` of window k.  Reduced bin ``reduced_bins[i]`` is the max of the bins
     ``sources[source_start[i]:source_start[i + 1]]``, all computed before it.
     """
-    windows, queried, corner_count = corners.shape
+    bins = level_first[-1] + level_size[-1]
+    all_channels = out.shape[1] // bins
     channels = rows.shape[1]
-    buffer = np.empty((level_first[-1] + level_size[-1], channels), dtype=out.dtype)
-    for k in range(windows):
-        for j in range(queried):
-            target = buffer[queried_bins[j]]
-            first = rows[corners[k, j, 0]]
-            for c in range(channels):
-                target[c] = first[c]
-            for m in range(1, corner_count):
-                other = rows[corners[k, j, m]]
-                for c in range(channels):
-                    target[c] = max(target[c], other[c])
+    buffer = np.empty((bins, channels), dtype=out.dtype)
+    for k in range(corners.shape[0]):
+        for j in range(queried_bins.shape[0]):
+            _max_of_rows(buffer[queried_bins[j]], rows, corners[k, j])
         for i in range(reduced_bins.shape[0]):
-            target = buffer[reduced_bins[i]]
-            first = buffer[sources[source_start[i]]]
-            for c in range(channels):
-                target[c] = first[c]
-            for s in range(source_start[i] + 1, source_start[i + 1]):
-                other = buffer[sources[s]]
-                for c in range(channels):
-                    target[c] = max(target[c], other[c])
+            _max_of_rows(buffer[reduced_bins[i]], buffer, sources[source_start[i]:source_start[i + 1]])
         row = out[k]
         for level in range(level_first.shape[0]):
             first, size = level_first[level], level_size[level]
             for c in range(channels):  # contiguous writes, strided reads of the small buffer
-                start = level_offset[level] + (channel0 + c) * size
+                start = all_channels * first + (channel0 + c) * size
                 for t in range(size):
                     row[start + t] = buffer[first + t, c]
