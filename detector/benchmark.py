@@ -85,7 +85,7 @@ def fresh_model(classes: Sequence[str], config: Config) -> DetectorModel:
     backbone.to(config.device).eval()
     spp = SpatialPyramidPooling(config.levels or backbone.levels)
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(classes),
-                   config.dropout, config.seed).to(config.device).eval()
+                   config.dropout, config.seed, config.fc6_rank).to(config.device).eval()
     config = dataclasses.replace(config, scorer="softmax")
     return DetectorModel(list(classes), config, backbone, spp, head, None, None)
 

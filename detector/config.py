@@ -43,6 +43,9 @@ class Config:
     workers: int = 2
     # fine-tuning
     fc_width: int = 1024
+    # rank of a truncated-SVD fc6, set by tools/compress_net.py on a trained model
+    # (detector.compression); None: the full fc6, the only form training accepts
+    fc6_rank: int | None = None
     dropout: float = 0.5
     batch_size: int = 128
     # Windows pooled once per image (and per flip) for fine-tuning.  32 keeps the float16 bank of
@@ -168,6 +171,8 @@ def make_config(preset: str = "cpu", overrides: Mapping[str, Any] | None = None,
     if config.context_pad < 0 or config.rcnn_batch_size < 1:
         raise ValueError(f"config: context_pad must be >= 0 and rcnn_batch_size >= 1, got "
                          f"{config.context_pad} and {config.rcnn_batch_size}")
+    if config.fc6_rank is not None and config.fc6_rank < 1:
+        raise ValueError(f"config: fc6_rank must be a positive rank or None, got {config.fc6_rank}")
     if not config.scales or min(config.scales) <= 0:
         raise ValueError(f"config: scales must be positive, got {config.scales}")
     return config

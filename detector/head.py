@@ -5,6 +5,9 @@ is standardised per dimension with statistics measured once on training windows 
 as buffers, so a checkpoint carries its feature normalisation.  For trunks with pretrained
 fc6/fc7 (AlexNet, VGG16) the normalisation is the identity so the pretrained layers see the
 features they were trained on.
+
+fc6 may be factorised (``fc6_rank``): two linear layers, ``D -> rank`` without bias then
+``rank -> width``, the form ``detector.compression`` gives a trained fc6 (truncated SVD).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ class SPPHead(nn.Module):
     """Normalise -> fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8."""
 
     def __init__(self, in_features: int, width: int, num_classes: int, dropout: float = 0.5,
-                 seed: int = 0):
+                 seed: int = 0, fc6_rank: int | None = None):
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(in_features))
         self.register_buffer("feature_std", torch.ones(in_features))
@@ -28,6 +31,24 @@ class SPPHead(nn.Module):
         for layer in (self.fc6, self.fc7, self.fc8):  # Caffe's gaussian(0.01) init, as the paper
             nn.init.normal_(layer.weight, std=0.01, generator=generator)
             nn.init.zeros_(layer.bias)
+        if fc6_rank is not None:
+            self.factorise_fc6(fc6_rank)
+
+    @property
+    def fc6_rank(self) -> int | None:
+        """Rank of a factorised fc6, None for a full one."""
+        return self.fc6[0].out_features if isinstance(self.fc6, nn.Sequential) else None
+
+    def factorise_fc6(self, rank: int) -> None:
+        """Replace fc6 by ``D -> rank`` (no bias) then ``rank -> width`` layers, to be loaded
+        (``detector.compression.compress_fc6`` or a compressed model's state dict)."""
+        if self.fc6_rank is not None:
+            raise ValueError(f"fc6 is already factorised (rank {self.fc6_rank})")
+        in_features, width = self.fc6.in_features, self.fc6.out_features
+        if not 1 <= rank < min(in_features, width):
+            raise ValueError(f"fc6_rank must be in [1, {min(in_features, width) - 1}] for a "
+                             f"{width} x {in_features} fc6, got {rank}")
+        self.fc6 = nn.Sequential(nn.Linear(in_features, rank, bias=False), nn.Linear(rank, width))
 
     def set_normalisation(self, sample: torch.Tensor, chunk_rows: int = 1024) -> None:
         """Standardise with the per-dimension mean/std (unbiased) of a sample of pooled features.
@@ -48,6 +69,8 @@ class SPPHead(nn.Module):
 
     def load_pretrained_fc(self, weights: dict[str, torch.Tensor]) -> None:
         """Copy pretrained fc6/fc7 (already laid out for the pyramid by the backbone)."""
+        if self.fc6_rank is not None:
+            raise ValueError("pretrained fc6/fc7 load into a full fc6, not a factorised one")
         for name in ("fc6", "fc7"):
             layer = getattr(self, name)
             weight, bias = weights[f"{name}.weight"], weights[f"{name}.bias"]

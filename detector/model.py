@@ -85,7 +85,7 @@ def load_model(path: str | Path, device: str | None = None) -> DetectorModel:
     backbone.to(config.device).eval()
     spp = SpatialPyramidPooling(state["levels"])
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(state["classes"]),
-                   config.dropout)
+                   config.dropout, fc6_rank=config.fc6_rank)
     head.load_state_dict(state["head"])
     head.to(config.device).eval()
     svm = SVMModel.from_state_dict(state["svm"]) if state["svm"] is not None else None

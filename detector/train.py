@@ -104,6 +104,9 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
 
 def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True) -> Path:
     """Run every training stage for ``dataset``; returns the path of the written ``model.pt``."""
+    if config.fc6_rank is not None:
+        raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
+                         f"trained model with tools/compress_net.py")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}

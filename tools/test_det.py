@@ -2,6 +2,7 @@
 """Test a detector on a VOC split, or evaluate devkit result files already written.
 
     python tools/test_det.py [--voc-root ROOT --split SPLIT] --model DIR/model.pt --out DIR2
+                             [--images N] [--mode spp|rcnn] [--scorer svm|softmax]
     python tools/test_det.py --voc-root ROOT --split SPLIT --eval-only DIR [--metric voc07|voc10]
 
 With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json and
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="feature path (default: the model's): spp pools every window from the "
                              "image's conv maps; rcnn warps each window to the trunk's input size and "
                              "runs the trunk on it (R-CNN, one trunk pass per window: slow)")
+    parser.add_argument("--images", type=int, metavar="N",
+                        help="test on the first N images of the split only (default: all)")
     parser.add_argument("--device", help="cpu or cuda (default: the model's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode:
             model.config.mode = args.mode
         dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
+        if args.images is not None:
+            dataset = dataset.first(args.images)
         model.attach_dataset(dataset.root)
         evaluate_on_split(model, dataset, args.out, use_07_metric=args.metric == "voc07",
                           progress=not args.quiet)

@@ -30,7 +30,10 @@ def main() -> None:
     keep_freed_memory()
     config = config_from_args(args)
     dataset = dataset_from_args(args, default_demo_split="train")
-    model_path = train_detector(dataset, config, args.out, progress=not args.quiet)
+    try:
+        model_path = train_detector(dataset, config, args.out, progress=not args.quiet)
+    except ValueError as error:  # bad input: the message names the value or file
+        raise SystemExit(f"train_det.py: {error}") from error
     print(f"wrote {model_path}")
 
 
