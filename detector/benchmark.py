@@ -38,6 +38,9 @@ Decisions:
 - Accuracy: the detections of each mode on the timed images are evaluated too (VOC07 AP over
   the classes present), so one run gives both modes' speed and accuracy on the same images with
   the same model; with an untrained head it means nothing.
+- ``fc6_rank``: optionally a third SPP run per scale set, with fc6 compressed by a truncated SVD
+  (``detector.compression``), timed in the same turns so that the exact and the compressed
+  head are compared side by side on the same images and machine load.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ import torch
 from tqdm import tqdm
 
 from detector.backbones import build_backbone
+from detector.compression import compress_model
 from detector.config import PAPER_SCALES, Config
 from detector.convmaps import ConvMapCache, ConvMapProvider
 from detector.detect import STAGES, ImageDetections, StageTimer, detect
@@ -199,22 +203,24 @@ def cached_proposals(dataset: VOCDataset, records: Sequence[ImageRecord], config
 
 def benchmark_modes(model: DetectorModel, dataset: VOCDataset, images: int = 10,
                     scale_sets: dict[str, tuple[int, ...]] | None = None, threads: int = 1,
-                    progress: bool = True) -> dict[str, dict]:
+                    progress: bool = True, fc6_rank: int | None = None) -> dict[str, dict]:
     """Time R-CNN mode and SPP mode at each scale set on the first ``images`` images of the split.
 
     Returns ``{key: table}`` per scale set (keys of ``scale_sets``, default ``"1"`` (688) and
-    ``"5"`` (the paper's five)); see ``summarise`` for a table's fields.
+    ``"5"`` (the paper's five)); see ``summarise`` for a table's fields.  With ``fc6_rank``, SPP
+    mode is also timed with fc6 compressed to that rank.
     """
     scale_sets = dict(scale_sets or SCALE_SETS)
+    compressed = compress_model(model, fc6_rank)[0] if fc6_rank is not None else None
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _benchmark(model, dataset, images, scale_sets, threads, progress)
+        return _benchmark(model, compressed, dataset, images, scale_sets, threads, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _benchmark(model: DetectorModel, dataset: VOCDataset, images: int,
+def _benchmark(model: DetectorModel, compressed: DetectorModel | None, dataset: VOCDataset, images: int,
                scale_sets: dict[str, tuple[int, ...]], threads: int, progress: bool) -> dict[str, dict]:
     records = list(dataset.records[:images])
     proposals, proposal_seconds = cached_proposals(dataset, records, model.config, progress)
@@ -226,7 +232,9 @@ def _benchmark(model: DetectorModel, dataset: VOCDataset, images: int,
         rcnn = ModeRun("rcnn", _mode_view(model, "rcnn", model.scales, folder / "rcnn"))
         spp = {key: ModeRun(f"spp-{key}", _mode_view(model, "spp", scales, folder / f"spp-{key}"))
                for key, scales in scale_sets.items()}
-        runs = [rcnn, *spp.values()]
+        svd = {key: ModeRun(f"spp-{key}-svd", _mode_view(compressed, "spp", scales, folder / f"svd-{key}"))
+               for key, scales in scale_sets.items()} if compressed is not None else {}
+        runs = [rcnn, *spp.values(), *svd.values()]
         for run in runs:  # untimed warm-up on a few windows, maps cached elsewhere
             warm = _mode_view(run.model, run.model.config.mode, run.model.scales, folder / "warm-up")
             detect(warm, records[0], proposals[records[0].image_id][:WARM_UP_WINDOWS], StageTimer())
@@ -240,22 +248,25 @@ def _benchmark(model: DetectorModel, dataset: VOCDataset, images: int,
                        / len(records) for key in scale_sets}
     windows = [len(proposals[r.image_id]) for r in records]
     return {key: summarise(rcnn, spp[key], records, windows, scale_sets[key], model, proposal_seconds,
-                           cache_bytes[key], threads)
+                           cache_bytes[key], threads, svd.get(key))
             for key in scale_sets}
 
 
 def summarise(rcnn: ModeRun, spp: ModeRun, records: Sequence[ImageRecord], windows: Sequence[int],
               scales: Sequence[int], model: DetectorModel, proposal_seconds: float,
-              cache_bytes: float, threads: int) -> dict:
+              cache_bytes: float, threads: int, svd: ModeRun | None = None) -> dict:
     """One scale set's table: per-stage seconds per image of both modes, speed-ups and the rest.
 
     ``feature_speedup`` = R-CNN (conv + pooling) / SPP (conv + pooling); ``test_speedup`` = the same
     for the whole test without proposals; ``pixel_ratio`` (see the module docstring); ``detail``:
     R-CNN's conv split into warp and trunk; ``accuracy``: each mode's VOC07 mAP and AP per class
-    on these images; ``targets``: the issue's targets, met or not.
+    on these images; ``targets``: the issue's targets, met or not.  With ``svd`` (SPP mode with a
+    compressed fc6) also ``spp_svd`` (its stages) and ``svd`` (its rank, test speed-up, head
+    seconds and accuracy).
     """
+    runs = {"rcnn": rcnn, "spp": spp, **({"spp_svd": svd} if svd is not None else {})}
     tables = {}
-    for name, run in (("rcnn", rcnn), ("spp", spp)):
+    for name, run in runs.items():
         table = run.timer.per_image()
         table["proposals"] = proposal_seconds
         table["total"] = sum(table[stage] for stage in STAGES)
@@ -270,23 +281,32 @@ def summarise(rcnn: ModeRun, spp: ModeRun, records: Sequence[ImageRecord], windo
     def test(table: dict[str, float]) -> float:
         return table["total"] - table["proposals"]
 
+    def head(table: dict[str, float]) -> float:
+        return sum(table[stage] for stage in ("pooling", "fc", "scoring", "nms"))
+
     feature_speedup = feature(tables["rcnn"]) / feature(tables["spp"])
     test_speedup = test(tables["rcnn"]) / test(tables["spp"])
-    head = sum(tables["spp"][stage] for stage in ("pooling", "fc", "scoring", "nms"))
     targets = {"feature_speedup_at_least_0.8_pixel_ratio": feature_speedup >= 0.8 * pixel_ratio}
     if len(scales) == 1:
         targets.update({"feature_speedup_at_least_100": feature_speedup >= 100,
                         "test_speedup_at_least_20": test_speedup >= 20,
-                        "pooling_fc_scoring_nms_at_most_conv": head <= tables["spp"]["conv"]})
+                        "pooling_fc_scoring_nms_at_most_conv": head(tables["spp"]) <= tables["spp"]["conv"]})
+        if svd is not None:
+            targets["pooling_fc_scoring_nms_at_most_conv_with_svd_fc6"] = \
+                head(tables["spp_svd"]) <= tables["spp_svd"]["conv"]
     n = max(rcnn.timer.images, 1)
+    extra = {} if svd is None else {
+        "spp_svd": tables["spp_svd"],
+        "svd": {"fc6_rank": svd.model.config.fc6_rank, "test_speedup": test(tables["rcnn"]) / test(tables["spp_svd"]),
+                "spp_pooling_fc_scoring_nms": head(tables["spp_svd"]), "accuracy": svd.accuracy()}}
     return {
         "scales": list(scales), "images": len(records), "windows_per_image": float(np.mean(windows)),
         "threads": threads, "feature_speedup": feature_speedup, "test_speedup": test_speedup,
         "pixel_ratio": pixel_ratio, "feature_speedup_over_pixel_ratio": feature_speedup / pixel_ratio,
-        "spp": tables["spp"], "rcnn": tables["rcnn"],
+        "spp": tables["spp"], "rcnn": tables["rcnn"], **extra,
         "detail": {"rcnn_warp": rcnn.timer.seconds.get("warp", 0.0) / n,
                    "rcnn_trunk": rcnn.timer.seconds.get("trunk", 0.0) / n,
-                   "spp_pooling_fc_scoring_nms": head},
+                   "spp_pooling_fc_scoring_nms": head(tables["spp"])},
         "memory": {"spp": spp.memory_mb(), "rcnn": rcnn.memory_mb()},
         "accuracy": {"spp": spp.accuracy(), "rcnn": rcnn.accuracy()},
         "conv_map_cache_bytes_per_image": cache_bytes,
@@ -305,11 +325,14 @@ def format_benchmark(results: dict[str, dict]) -> str:
         lines.append(f"SPP-net at {key} scale(s) {tuple(table['scales'])} vs R-CNN: {table['images']} "
                      f"images, {table['windows_per_image']:.0f} windows per image, "
                      f"{table['threads']} thread(s); seconds per image")
-        lines.append(f"  {'stage':<11}{'R-CNN':>11}{'SPP':>11}{'R-CNN/SPP':>11}")
+        svd = table.get("svd")
+        svd_label = f"SPP r{svd['fc6_rank']}" if svd else ""
+        lines.append(f"  {'stage':<11}{'R-CNN':>11}{'SPP':>11}{'R-CNN/SPP':>11}{svd_label:>11}")
         for stage in (*STAGES, "total"):
             slow, fast = table["rcnn"][stage], table["spp"][stage]
             ratio = f"{slow / fast:10.1f}x" if fast > 0 else f"{'-':>11}"
-            lines.append(f"  {stage:<11}{slow:11.4f}{fast:11.4f}{ratio}")
+            compressed = f"{table['spp_svd'][stage]:11.4f}" if svd else ""
+            lines.append(f"  {stage:<11}{slow:11.4f}{fast:11.4f}{ratio}{compressed}")
         detail = table["detail"]
         lines.append(f"  R-CNN conv = warp {detail['rcnn_warp']:.3f} + trunk {detail['rcnn_trunk']:.3f} "
                      f"(+ image decode)")
@@ -327,9 +350,15 @@ def format_benchmark(results: dict[str, dict]) -> str:
                      f"(x2 with flipped training maps)")
         lines.append(f"  SPP pooling + fc + scoring + NMS {detail['spp_pooling_fc_scoring_nms']:.3f} s "
                      f"vs conv {table['spp']['conv']:.3f} s")
+        if svd:
+            lines.append(f"  with fc6 at rank {svd['fc6_rank']}: pooling + fc + scoring + NMS "
+                         f"{svd['spp_pooling_fc_scoring_nms']:.3f} s vs conv {table['spp_svd']['conv']:.3f} s, "
+                         f"whole test speed-up {svd['test_speedup']:.1f}x")
         accuracy = table["accuracy"]
+        compressed = f", SPP r{svd['fc6_rank']} {_percent(svd['accuracy']['mAP'])}" if svd else ""
         lines.append(f"  mAP (VOC07, these {table['images']} images, classes present): "
-                     f"R-CNN {_percent(accuracy['rcnn']['mAP'])}, SPP {_percent(accuracy['spp']['mAP'])}")
+                     f"R-CNN {_percent(accuracy['rcnn']['mAP'])}, SPP {_percent(accuracy['spp']['mAP'])}"
+                     f"{compressed}")
         lines.append("  targets: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}"
                                                for name, ok in table["targets"].items()))
         lines.append("")

@@ -201,7 +201,7 @@ def test_benchmark_tables_on_a_tiny_demo(tiny_demo):
     config = make_config("cpu", {"fc_width": 32, "proposal_max_side": 40, "workers": 1})
     model = fresh_model(dataset.classes, config)
     results = benchmark_modes(model, dataset, images=1, scale_sets={"1": (224,), "2": (160, 224)},
-                              progress=False)
+                              progress=False, fc6_rank=8)
     assert set(results) == {"1", "2"}
     json.dumps(results, allow_nan=False)  # plain JSON
     for key, table in results.items():
@@ -219,8 +219,15 @@ def test_benchmark_tables_on_a_tiny_demo(tiny_demo):
         if sys.platform.startswith("linux"):  # peaks from the separate memory pass
             assert all(table["memory"][mode]["peak_rss_mb"] >= table["memory"][mode]["rise_mb"] > 0
                        for mode in ("spp", "rcnn"))
+        svd = table["svd"]  # the compressed head, timed in the same turns
+        assert svd["fc6_rank"] == 8 and table["spp_svd"]["fc"] > 0
+        assert svd["test_speedup"] == pytest.approx(
+            (table["rcnn"]["total"] - table["rcnn"]["proposals"])
+            / (table["spp_svd"]["total"] - table["spp_svd"]["proposals"]))
+    assert "pooling_fc_scoring_nms_at_most_conv_with_svd_fc6" in results["1"]["targets"]
     assert results["1"]["rcnn"] == results["2"]["rcnn"]  # R-CNN does not use the scales
-    assert "pixel_ratio" in format_benchmark(results)
+    text = format_benchmark(results)
+    assert "pixel_ratio" in text and "with fc6 at rank 8" in text
 
 
 def test_train_and_test_with_mode_rcnn_through_the_tools(tiny_demo, tmp_path):

@@ -2,12 +2,14 @@
 """Time SPP-net against R-CNN on the same trunk, head and windows, at 1 and at 5 scales.
 
     python tools/benchmark.py [--voc-root ROOT --split SPLIT] [--images N] [--model DIR/model.pt]
-                              [--json FILE] [--threads T]
+                              [--json FILE] [--threads T] [--fc6-rank R]
 
 Prints, per scale set, seconds per image for every stage of both modes, the feature-stage and
 whole-test speed-ups beside the pixel ratio, peak memory and conv-map cache bytes per image.
 Without --model an untrained head is used (trunk, pooling and fc timings do not depend on its
 weights; scoring, regression and NMS do).  With no --voc-root it uses the demo dataset's test split.
+With --fc6-rank R, SPP mode is also timed with fc6 compressed to rank R (tools/compress_net.py),
+side by side with the exact head.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path,
                         help="also write the tables as JSON, keyed by the number of scales")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both modes (default 1)")
+    parser.add_argument("--fc6-rank", type=int,
+                        help="also time SPP mode with fc6 compressed to this rank (truncated SVD)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     if args.images < 1 or args.threads < 1:
@@ -49,7 +53,7 @@ def main() -> None:
         if model is None:
             model = fresh_model(dataset.classes, make_config("cpu"))
         results = benchmark_modes(model, dataset, args.images, threads=args.threads,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, fc6_rank=args.fc6_rank)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"benchmark.py: {error}") from error
     print(format_benchmark(results))
