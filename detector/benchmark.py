@@ -40,7 +40,9 @@ Decisions:
   the same model; with an untrained head it means nothing.
 - ``fc6_rank``: optionally a third SPP run per scale set, with fc6 compressed by a truncated SVD
   (``detector.compression``), timed in the same turns so that the exact and the compressed
-  head are compared side by side on the same images and machine load.
+  head are compared side by side on the same images and machine load.  It computes its own
+  conv maps, as a first test run of that model would, so each head is set against a conv pass
+  timed in the same turn.
 """
 from __future__ import annotations
 
