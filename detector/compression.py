@@ -3,9 +3,9 @@
 At test time an image's windows all go through fc6, a ``width x D`` matrix (1024 x 16000 for the
 default trunk: 320 channels x 50 bins).  With ~1100 distinct windows per VOC image (1112 of 1770
 on 10 dev_val images at 688) that product is 36 GFLOP, against 9 GFLOP for the trunk's one
-conv pass at 688 x 917, and most of the head's time.  Fast R-CNN's
-answer, for the same problem: replace ``W`` by its best rank-``r`` approximation
-``U_r S_r V_r^T`` (Eckart-Young), i.e. two layers without a non-linearity between them, the
+conv pass at 688 x 917, and most of the head's time.  Fast R-CNN's answer, for the same
+problem: replace ``W`` by its best rank-``r`` approximation ``U_r S_r V_r^T`` (Eckart-Young),
+i.e. two layers without a non-linearity between them, the
 first ``r x D`` without bias, the second ``width x r`` with fc6's bias.  The cost falls from
 ``width * D`` to ``r * (width + D)`` multiply-adds per window (3.8x at r = 256 here).
 
