@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from bbox_regression.training_pairs import select_training_pairs
 from bbox_regression.transforms import decode, encode
-from detector.boxes import clip_boxes
+from detector.core.boxes import clip_boxes
 
 logger = logging.getLogger(__name__)
 

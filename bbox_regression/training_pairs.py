@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.boxes import iou_matrix
+from detector.core.boxes import iou_matrix
 
 
 def select_training_pairs(

@@ -44,7 +44,7 @@ class Config:
     # fine-tuning
     fc_width: int = 1024
     # rank of a truncated-SVD fc6, set by tools/compress_net.py on a trained model
-    # (detector.compression); None: the full fc6, the only form training accepts
+    # (detector.model.compression); None: the full fc6, the only form training accepts
     fc6_rank: int | None = None
     dropout: float = 0.5
     batch_size: int = 128
@@ -71,7 +71,7 @@ class Config:
     svm_passes: int = 1
     bbox_alpha: float = 1000.0
     # feature path: "spp" pools windows from conv maps; "rcnn" warps each window to the trunk's
-    # input size with context_pad pixels of context and runs the trunk on it (detector.rcnn)
+    # input size with context_pad pixels of context and runs the trunk on it (detector.features.rcnn)
     mode: str = "spp"
     context_pad: int = 16
     rcnn_batch_size: int = 8  # windows per trunk batch in rcnn mode

@@ -34,8 +34,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
-import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
@@ -46,10 +44,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detector.images import ImageReadError, load_image
-from detector.paths import cache_root
-from detector.records import ImageRecord
-from detector.voc import VOCDataset
+from detector.core.images import ImageReadError, load_image
+from detector.core.io import save_atomic
+from detector.core.paths import cache_root
+from detector.core.records import ImageRecord
 from proposals.selective_search import search_signature, selective_search
 
 logger = logging.getLogger(__name__)
@@ -136,15 +134,9 @@ class ProposalCache:
             raise ValueError(f"refusing to cache proposals of image {image_id!r}: {problem}")
         path = self.path(image_id)
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem[:50]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, boxes=entry.boxes, image_size=np.array(entry.image_size, np.int64),
-                         seconds=np.float64(entry.seconds), cpu_seconds=np.float64(entry.cpu_seconds))
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        save_atomic(path, lambda handle: np.savez(
+            handle, boxes=entry.boxes, image_size=np.array(entry.image_size, np.int64),
+            seconds=np.float64(entry.seconds), cpu_seconds=np.float64(entry.cpu_seconds)))
         return path
 
 
@@ -294,17 +286,19 @@ def search_timings(records: Sequence[ImageRecord], cache: ProposalCache) -> Sear
 
 
 def load_or_compute_proposals(
-    dataset: VOCDataset, mode: str = "fast", max_side: int = 500, workers: int = 2, progress: bool = True
+    root: str | Path, records: Sequence[ImageRecord], mode: str = "fast", max_side: int = 500,
+    workers: int = 2, progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """Proposals of every image of a ``VOCDataset`` from its default cache, computing missing ones.
+    """Proposals of ``records`` (images of the dataset at ``root``) from the dataset's default
+    cache, computing missing ones.
 
     Images whose proposals could not be computed are absent from the result (their
     failure is logged by ``compute_proposals``).
     """
-    cache = ProposalCache(default_cache_folder(dataset.root, mode, max_side))
-    compute_proposals(dataset.records, cache, workers, mode, max_side, progress)
+    cache = ProposalCache(default_cache_folder(root, mode, max_side))
+    compute_proposals(records, cache, workers, mode, max_side, progress)
     proposals = {}
-    for record in dataset.records:
+    for record in records:
         boxes = cache.load(record.image_id, (record.width, record.height))
         if boxes is not None:
             proposals[record.image_id] = boxes

@@ -4,7 +4,7 @@ Decisions:
 - Every GT box counts, ``difficult`` ones included (a detector cannot find what no
   proposal covers, whatever the evaluation later ignores).
 - A GT box is recalled when some proposal overlaps it with IoU >= ``iou_threshold``
-  (``detector.boxes.iou_matrix``, the devkit's IoU).
+  (``detector.core.boxes.iou_matrix``, the devkit's IoU).
 - ``max_proposals`` keeps only each image's first (best-ranked) proposals.
 - An image with no proposals available (missing from the mapping, or missing or broken in
   the cache) counts all its GT boxes as missed and is counted in ``missing_images``; it
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.boxes import iou_matrix
-from detector.records import ImageRecord
+from detector.core.boxes import iou_matrix
+from detector.core.records import ImageRecord
 from proposals.cache import ProposalCache
 
 

@@ -1,7 +1,7 @@
 """Selective search proposals (Uijlings et al.) with OpenCV contrib's ``ximgproc.segmentation``.
 
 ``selective_search(image_rgb)`` returns float32 (M, 4) continuous boxes (see
-``detector.boxes``) in the coordinates of the image it was given, best-ranked first.
+``detector.core.boxes``) in the coordinates of the image it was given, best-ranked first.
 
 Decisions:
 - Search size: the search runs on the image resized (``INTER_AREA``) so its longest side is
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from detector.boxes import clip_boxes
+from detector.core.boxes import clip_boxes
 
 logger = logging.getLogger(__name__)
 

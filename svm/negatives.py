@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from detector.boxes import iou_matrix
+from detector.core.boxes import iou_matrix
 
 
 def select_negatives(

@@ -7,7 +7,7 @@ Contract (the pipeline builds one ``ImageWindows`` per image, on the fly):
   included, in the order of ``gt_boxes``); rows ``G..M-1`` are the proposals.
 - ``features`` are the *unscaled* fc7 features (the SVM model applies its own scale).
 - Boxes follow the project convention (continuous ``x1, y1, x2, y2``, see
-  ``detector.boxes``); ``gt_labels`` index the class list, ``gt_difficult`` flags
+  ``detector.core.boxes``); ``gt_labels`` index the class list, ``gt_difficult`` flags
   VOC "difficult" objects.
 - ``image_id`` must be unique within one pass over the training images (a flipped copy
   needs its own id, e.g. ``"000005_flip"``): the miner keys cached windows by it.

@@ -1,4 +1,4 @@
-"""Tests of detector.backbones: registry, derived geometry, pretrained fc layout, loading."""
+"""Tests of detector.features.backbones: registry, derived geometry, pretrained fc layout, loading."""
 from __future__ import annotations
 
 import copy
@@ -12,10 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.backbones import (BACKBONES, Backbone, WithinChannelLRN, build_backbone, layout_fc6,
-                                register_backbone, spp_fc_from_classifier)
-from detector.geometry import TrunkGeometry
-from detector.spp import SpatialPyramidPooling
+from detector.features.backbones import (
+    BACKBONES,
+    Backbone,
+    WithinChannelLRN,
+    build_backbone,
+    layout_fc6,
+    register_backbone,
+    spp_fc_from_classifier,
+)
+from detector.features.geometry import TrunkGeometry
+from detector.features.spp import SpatialPyramidPooling
 
 # name, options, channels, stride
 TRUNKS = [("zf5", {}, 256, 16), ("alexnet", {"weights": "none"}, 256, 16),
@@ -245,8 +252,8 @@ def test_trunk_is_frozen_and_stays_in_eval_mode(trunks):
 @pytest.mark.parametrize("key", ["efficientnet_lite0{'feature_stride': 32}", "zf5{}", "vgg16{'weights': 'none'}"])
 def test_conv_map_equals_the_plain_nchw_trunk_pass(trunks, key):
     """compute_conv_map runs channels-last for speed; the stored map must be the NCHW result."""
-    from detector.convmaps import compute_conv_map
-    from detector.geometry import image_scale_factor
+    from detector.features.convmaps import compute_conv_map
+    from detector.features.geometry import image_scale_factor
 
     backbone = trunks[key]
     image = np.random.default_rng(0).integers(0, 256, (150, 230, 3), dtype=np.uint8)

@@ -9,7 +9,7 @@ import pytest
 from bbox_regression.ridge import BoxRegressor, BoxRegressorConfig, BoxRegressorTrainer, _PairReservoir
 from bbox_regression.training_pairs import select_training_pairs
 from bbox_regression.transforms import MAX_LOG_SCALE, decode, encode
-from detector.boxes import clip_boxes, iou_matrix
+from detector.core.boxes import clip_boxes, iou_matrix
 
 IMAGE_W, IMAGE_H = 500, 375
 SIGNAL_DIMS, NOISE_DIMS = 200, 100

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from detector.benchmark import fresh_model
-from detector.compression import compress_fc6, truncated_svd
+from detector.benchmarks.modes import fresh_model
 from detector.config import make_config
-from detector.demo_data import make_demo_dataset
-from detector.head import SPPHead
-from detector.model import load_model, save_model
-from detector.train import train_detector
-from detector.voc import load_voc
+from detector.data.demo import make_demo_dataset
+from detector.data.voc import load_voc
+from detector.engine.train import train_detector
+from detector.head.fc import SPPHead
+from detector.model.compression import compress_fc6, truncated_svd
+from detector.model.detector import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

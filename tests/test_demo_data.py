@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import detector.demo_data as demo
-from detector.demo_data import DEMO_CLASSES, default_demo_root, make_demo_dataset
-from detector.images import load_image
-from detector.voc import load_voc
+import detector.data.demo as demo
+from detector.core.images import load_image
+from detector.data.demo import DEMO_CLASSES, default_demo_root, make_demo_dataset
+from detector.data.voc import load_voc
 
 N_TRAIN, N_TEST = 8, 6
 

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from detector.demo_data import make_demo_dataset
-from detector.detections import Detections
-from detector.ensemble import cap_per_image, ensemble_result_dirs, merge_detections
-from detector.evaluation import write_result_files
-from detector.voc import load_voc
+from detector.core.detections import Detections
+from detector.data.demo import make_demo_dataset
+from detector.data.voc import load_voc
+from detector.engine.ensemble import cap_per_image, ensemble_result_dirs, merge_detections
+from detector.evaluation.voc_eval import write_result_files
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.boxes import boxes_to_voc, iou_matrix, voc_to_boxes
-from detector.coco_eval import COCO_METRICS, coco_metrics, detections_to_coco_json
-from detector.detections import Detections
-from detector.evaluation import (
+from detector.core.boxes import boxes_to_voc, iou_matrix, voc_to_boxes
+from detector.core.detections import Detections
+from detector.core.records import ImageRecord
+from detector.data.voc import write_voc_annotation
+from detector.evaluation.coco_eval import COCO_METRICS, coco_metrics, detections_to_coco_json
+from detector.evaluation.voc_eval import (
     evaluate_class,
     evaluate_detection_set,
     evaluate_detections,
@@ -30,8 +32,6 @@ from detector.evaluation import (
     voc_ap,
     write_result_files,
 )
-from detector.records import ImageRecord
-from detector.voc import write_voc_annotation
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests of detector.geometry: derived trunk geometry, window projection, scale choice."""
+"""Tests of detector.features.geometry: derived trunk geometry, window projection, scale choice."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from torch import nn
 
-from detector.geometry import (LayerSpec, TrunkGeometry, derive_geometry, image_scale_factor,
-                               layer_specs, project_boxes, resized_size, select_scales)
+from detector.features.geometry import (
+    LayerSpec,
+    TrunkGeometry,
+    derive_geometry,
+    image_scale_factor,
+    layer_specs,
+    project_boxes,
+    resized_size,
+    select_scales,
+)
 
 ZF5_LAYERS = [LayerSpec(7, 2, 1), LayerSpec(3, 2, 0), LayerSpec(5, 2, 0), LayerSpec(3, 2, 0),
               LayerSpec(3, 1, 1), LayerSpec(3, 1, 1), LayerSpec(3, 1, 1)]

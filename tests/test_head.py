@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.head import SPPHead
+from detector.head.fc import SPPHead
 
 
 def test_normalisation_from_a_float16_sample_matches_float64_statistics():

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from detector.config import make_config
-from detector.convmaps import ConvMap, ConvMapCache
-from detector.demo_data import make_demo_dataset
-from detector.finetune import PoolingContext, build_window_bank, finetune, pool_training_windows
-from detector.head import SPPHead
-from detector.model import conv_map_provider, load_model
-from detector.sampling import SamplingConfig, sample_windows
-from detector.backbones import build_backbone
-from detector.spp import SpatialPyramidPooling
-from detector.testing import evaluate_on_split
-from detector.train import train_detector, training_windows
-from detector.voc import load_voc
+from detector.data.demo import make_demo_dataset
+from detector.data.voc import load_voc
+from detector.engine.test import evaluate_on_split
+from detector.engine.train import train_detector, training_windows
+from detector.features.backbones import build_backbone
+from detector.features.convmaps import ConvMap, ConvMapCache
+from detector.features.spp import SpatialPyramidPooling
+from detector.head.fc import SPPHead
+from detector.head.finetune import PoolingContext, build_window_bank, finetune, pool_training_windows
+from detector.head.sampling import SamplingConfig, sample_windows
+from detector.model.detector import conv_map_provider, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"scales": (224,), "fc_width": 64, "iterations": 30, "lr_steps": (20,), "checkpoint_every": 10,

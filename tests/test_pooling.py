@@ -4,18 +4,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from detector.backbones import build_backbone
-from detector.config import make_config
-from detector.convmaps import ConvMap, ConvMapCache, ConvMapProvider
-from detector.detect import StageTimer, window_features
-from detector.geometry import TrunkGeometry, select_scales
-from detector.head import SPPHead
-from detector.model import DetectorModel
-from detector.pooling import distinct_windows, pool_cells, pool_windows, window_cells
-from detector.records import ImageRecord
-from detector.spp import SpatialPyramidPooling, naive_pool_windows
 from random_windows import random_boxes
+
+from detector.config import make_config
+from detector.core.records import ImageRecord
+from detector.core.timing import StageTimer
+from detector.features.backbones import build_backbone
+from detector.features.convmaps import ConvMap, ConvMapCache, ConvMapProvider
+from detector.features.geometry import TrunkGeometry, select_scales
+from detector.features.pooling import distinct_windows, pool_cells, pool_windows, window_cells
+from detector.features.spp import SpatialPyramidPooling, naive_pool_windows
+from detector.head.fc import SPPHead
+from detector.inference.detect import window_features
+from detector.model.detector import DetectorModel
 
 
 def test_distinct_windows_pool_to_the_per_window_loop_on_random_maps():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import proposals.cache as cache_module
-from detector.boxes import iou_matrix
-from detector.records import ImageRecord
+from detector.core.boxes import iou_matrix
+from detector.core.records import ImageRecord
 from proposals.cache import (
     ProposalCache,
     compute_proposals,
@@ -300,7 +300,7 @@ def test_load_or_compute_proposals_uses_the_default_folder(
     records = image_records(tmp_path, 2)
     records[1] = ImageRecord("missing", tmp_path / "missing.png", 10, 10)
     dataset = SimpleNamespace(root=tmp_path, records=records)
-    proposals = load_or_compute_proposals(dataset, "fast", 500, workers=1, progress=False)
+    proposals = load_or_compute_proposals(dataset.root, dataset.records, "fast", 500, workers=1, progress=False)
     assert list(proposals) == ["id/0"]
     folder = default_cache_folder(tmp_path, "fast", 500)
     assert str(folder).startswith(str(tmp_path / "caches")) and folder.name.startswith("fast-500-v1-")

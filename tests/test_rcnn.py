@@ -12,21 +12,22 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from detector.backbones import build_backbone
-from detector.benchmark import benchmark_modes, format_benchmark, fresh_model, trunk_pixels
-from detector.config import make_config
-from detector.convmaps import ConvMapCache, ConvMapProvider
-from detector.detect import StageTimer, window_features
-from detector.demo_data import make_demo_dataset
-from detector.finetune import check_compatible
-from detector.head import SPPHead
-from detector.model import DetectorModel
-from detector.rcnn import RCNNFeatures, plan_warps, warp_windows
-from detector.records import ImageRecord
-from detector.spp import SpatialPyramidPooling
-from detector.voc import load_voc
 from random_windows import random_boxes
+
+from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model, trunk_pixels
+from detector.config import make_config
+from detector.core.records import ImageRecord
+from detector.core.timing import StageTimer
+from detector.data.demo import make_demo_dataset
+from detector.data.voc import load_voc
+from detector.features.backbones import build_backbone
+from detector.features.convmaps import ConvMapCache, ConvMapProvider
+from detector.features.rcnn import RCNNFeatures, plan_warps, warp_windows
+from detector.features.spp import SpatialPyramidPooling
+from detector.head.fc import SPPHead
+from detector.head.finetune import check_compatible
+from detector.inference.detect import window_features
+from detector.model.detector import DetectorModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224

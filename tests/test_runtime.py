@@ -1,4 +1,4 @@
-"""Allocator settings for long CPU runs (detector.runtime): a conv pass reuses freed memory."""
+"""Allocator settings for long CPU runs (detector.core.runtime): a conv pass reuses freed memory."""
 import platform
 import subprocess
 import sys
@@ -12,9 +12,9 @@ import pytest
 SCRIPT = """
 import resource, sys
 import numpy as np, torch
-from detector.backbones import build_backbone
-from detector.convmaps import compute_conv_map
-from detector.runtime import keep_freed_memory
+from detector.features.backbones import build_backbone
+from detector.features.convmaps import compute_conv_map
+from detector.core.runtime import keep_freed_memory
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
@@ -46,7 +46,7 @@ def test_keeping_freed_memory_removes_most_page_faults_of_a_conv_pass():
 TRIM_SCRIPT = """
 import os
 import numpy as np
-from detector.runtime import keep_freed_memory, release_freed_memory
+from detector.core.runtime import keep_freed_memory, release_freed_memory
 def resident_mib():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 assert keep_freed_memory()
@@ -80,7 +80,7 @@ def test_trimming_yields_every_item_and_trims_every_hundred(monkeypatch):
 MAPPED_SCRIPT = """
 import ctypes
 import numpy as np
-from detector.runtime import keep_freed_memory, mapping_large_blocks
+from detector.core.runtime import keep_freed_memory, mapping_large_blocks
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
                                                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -1,8 +1,8 @@
 import numpy as np
 
-from detector.records import ImageRecord
-from detector.sampling import SamplingConfig, sample_windows
-from detector.windows import build_windows
+from detector.core.records import ImageRecord
+from detector.core.windows import build_windows
+from detector.head.sampling import SamplingConfig, sample_windows
 
 
 def make_record():

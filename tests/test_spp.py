@@ -1,4 +1,4 @@
-"""Tests of detector.spp: pyramid pooling of whole maps and of many windows on one map."""
+"""Tests of detector.features.spp: pyramid pooling of whole maps and of many windows on one map."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_pool
 
-from detector.spp import SpatialPyramidPooling, naive_pool_windows, random_cells
+from detector.features.spp import SpatialPyramidPooling, naive_pool_windows, random_cells
 
 LEVEL_SETS = [(6, 3, 2, 1), (7, 3, 2, 1), (4, 2, 1), (1,), (5, 8), (6, 4, 3, 2, 1)]
 
@@ -109,7 +109,7 @@ def test_pool_windows_many_windows_and_tall_bins():
 
 def test_pool_windows_channel_groups(monkeypatch):
     # a tiny table budget forces several channel groups: same result
-    import detector.spp as spp_module
+    import detector.features.spp as spp_module
 
     generator = torch.Generator().manual_seed(4)
     fmap = torch.randn((10, 9, 14), generator=generator)

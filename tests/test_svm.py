@@ -6,7 +6,7 @@ import pytest
 from scipy.optimize import minimize
 from sklearn.metrics import average_precision_score
 
-from detector.boxes import iou_matrix
+from detector.core.boxes import iou_matrix
 from svm.feature_scale import estimate_feature_scale
 from svm.linear_svm import SVMModel, train_linear_svm
 from svm.mining import HardNegativeMiner, NegativeCache, SVMConfig, train_svms

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.images import ImageReadError, image_size, load_image
-from detector.voc import (
+from detector.core.images import ImageReadError, image_size, load_image
+from detector.data.voc import (
     discover_classes,
     load_voc,
     parse_annotation,
@@ -216,7 +216,7 @@ def test_missing_unparseable_or_broken_files_skip_the_image(voc: VOCFolder, capl
     voc.image("notvoc.jpg", 40, 40)
     voc.split("s", ["good", "noimage", "badxml", "noxml", "corrupt", "notvoc"])
 
-    with caplog.at_level(logging.WARNING, logger="detector.voc"):
+    with caplog.at_level(logging.WARNING, logger="detector.data.voc"):
         dataset = load_voc(voc.root, "s")
     assert [r.image_id for r in dataset.records] == ["good"]
     assert len(dataset.problems) == 5

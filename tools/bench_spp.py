@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from detector.runtime import keep_freed_memory  # noqa: E402
-from detector.spp import benchmark_pool_windows  # noqa: E402
+from detector.core.runtime import keep_freed_memory  # noqa: E402
+from detector.features.spp import benchmark_pool_windows  # noqa: E402
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.benchmark import benchmark_modes, format_benchmark, fresh_model  # noqa: E402
-from detector.cli import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
+from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model  # noqa: E402
+from detector.cli.common import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
 from detector.config import make_config  # noqa: E402
-from detector.model import load_model  # noqa: E402
-from detector.runtime import keep_freed_memory  # noqa: E402
+from detector.core.runtime import keep_freed_memory  # noqa: E402
+from detector.model.detector import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.compression import compress_model  # noqa: E402
-from detector.model import load_model, save_model  # noqa: E402
+from detector.model.compression import compress_model  # noqa: E402
+from detector.model.detector import load_model, save_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

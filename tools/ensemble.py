@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.cli import setup_logging  # noqa: E402
-from detector.ensemble import ensemble_result_dirs  # noqa: E402
-from detector.evaluation import format_ap_table  # noqa: E402
+from detector.cli.common import setup_logging  # noqa: E402
+from detector.engine.ensemble import ensemble_result_dirs  # noqa: E402
+from detector.evaluation.voc_eval import format_ap_table  # noqa: E402
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.demo_data import DEMO_CLASSES, default_demo_root, make_demo_dataset  # noqa: E402
-from detector.voc import load_voc  # noqa: E402
+from detector.data.demo import DEMO_CLASSES, default_demo_root, make_demo_dataset  # noqa: E402
+from detector.data.voc import load_voc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.cli import add_proposal_arguments, proposal_cache_from_args  # noqa: E402
-from detector.voc import load_voc  # noqa: E402
+from detector.cli.common import add_proposal_arguments, proposal_cache_from_args  # noqa: E402
+from detector.data.voc import load_voc  # noqa: E402
 from proposals.cache import compute_proposals, search_timings  # noqa: E402
 from proposals.recall import proposal_recall  # noqa: E402
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.cli import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
-from detector.evaluation import evaluate_result_dir, format_ap_table  # noqa: E402
-from detector.model import load_model  # noqa: E402
-from detector.runtime import keep_freed_memory  # noqa: E402
-from detector.testing import evaluate_on_split  # noqa: E402
+from detector.cli.common import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
+from detector.core.runtime import keep_freed_memory  # noqa: E402
+from detector.engine.test import evaluate_on_split  # noqa: E402
+from detector.evaluation.voc_eval import evaluate_result_dir, format_ap_table  # noqa: E402
+from detector.model.detector import load_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.cli import (  # noqa: E402
+from detector.cli.common import (  # noqa: E402
     add_config_arguments,
     add_dataset_arguments,
     config_from_args,
     dataset_from_args,
     setup_logging,
 )
-from detector.runtime import keep_freed_memory  # noqa: E402
-from detector.train import train_detector  # noqa: E402
+from detector.core.runtime import keep_freed_memory  # noqa: E402
+from detector.engine.train import train_detector  # noqa: E402
 
 
 def main() -> None:

@@ -1,0 +1,91 @@
+"""Argument handling shared by the command-line tools (dataset choice, config overrides, logging)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from detector.config import PRESETS, Config, make_config
+from detector.data.demo import make_demo_dataset
+from detector.data.voc import VOCDataset, load_voc
+from proposals.cache import ProposalCache, default_cache_folder
+from proposals.selective_search import MODES
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, default_demo_split: str) -> None:
+    """--voc-root / --split / --classes; no --voc-root means the embedded demo dataset."""
+    parser.add_argument("--voc-root", type=Path,
+                        help="VOC2007-style folder (Annotations/, JPEGImages/, ImageSets/Main/); "
+                             "default: the embedded demo dataset, generated on first use")
+    parser.add_argument("--split", help=f"split file name in ImageSets/Main "
+                                        f"(default: train; {default_demo_split} on the demo data)")
+    parser.add_argument("--classes", nargs="+", help="class names (default: from the annotations)")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset / --config / --set and the common shortcuts."""
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="cpu: sized for a 2-core machine (default with --voc-root); demo: the "
+                             "demo data's quick setting (default without --voc-root); paper: the "
+                             "paper's GPU schedule")
+    parser.add_argument("--config", type=Path, help="JSON file of config overrides")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. --set iterations=2000 fc_width=512")
+    parser.add_argument("--backbone", help="trunk name (efficientnet_lite0, zf5, alexnet, vgg16)")
+    parser.add_argument("--weights", help="trunk weights: a file, 'imagenet' or 'none'")
+    parser.add_argument("--scales", nargs="+", type=int, help="short-side scales, e.g. 688 or 480 576 688 864 1200")
+    parser.add_argument("--mode", choices=("spp", "rcnn"),
+                        help="spp: pool windows from shared conv maps (default); rcnn: warp each "
+                             "window to 224x224 and run the trunk on it, as R-CNN")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--workers", type=int, help="processes for selective search")
+
+
+def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
+    """--voc-root / --split (both required) and the selective search cache options."""
+    parser.add_argument("--voc-root", required=True, type=Path, help="dataset folder in the VOC layout")
+    parser.add_argument("--split", required=True, help="split name (ImageSets/Main/<split>.txt)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for missing proposals (default 2)")
+    parser.add_argument("--mode", choices=MODES, default="fast", help="selective search mode (default fast)")
+    parser.add_argument("--max-side", type=int, default=500, help="longest side searched (default 500)")
+    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: the dataset's cache for this mode)")
+
+
+def proposal_cache_from_args(args: argparse.Namespace) -> ProposalCache:
+    """The proposal cache named by ``add_proposal_arguments``' options."""
+    return ProposalCache(args.cache_dir or default_cache_folder(args.voc_root, args.mode, args.max_side))
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config named by --preset, --config, --set and the shortcuts (shortcuts win)."""
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key] = value
+    for key in ("backbone", "weights", "scales", "mode", "seed", "device", "workers"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    preset = args.preset or ("cpu" if args.voc_root is not None else "demo")
+    try:
+        return make_config(preset, overrides, args.config)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+
+
+def dataset_from_args(args: argparse.Namespace, default_demo_split: str,
+                      classes: list[str] | None = None) -> VOCDataset:
+    """Load the split named by the arguments (building the demo dataset when none is named)."""
+    root = args.voc_root if args.voc_root is not None else make_demo_dataset()
+    split = args.split or ("train" if args.voc_root is not None else default_demo_split)
+    try:
+        return load_voc(root, split, classes or args.classes)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot load {root} split {split!r}: {error}") from error
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -1,0 +1,107 @@
+"""Model combination: pool the scored detections of several models per class, then NMS.
+
+As in the paper (two ZF-5 models: 59.1 and 59.2 mAP -> 60.9 combined), the detections of every
+model are put together per class and image and NMS at IoU 0.3 keeps the best-scored of each
+group of overlapping boxes; an image keeps at most ``max_per_image`` detections, as at test.
+Inputs are devkit result folders; folders made for different class lists are refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from detector.core.detections import Detections
+from detector.data.voc import load_voc
+from detector.evaluation.voc_eval import (
+    METRICS_FILE,
+    evaluate_detection_set,
+    read_result_files,
+    result_file,
+    write_json_atomic,
+    write_result_files,
+)
+
+log = logging.getLogger(__name__)
+
+
+def result_dir_classes(result_dir: Path, split: str) -> list[str]:
+    """Class list of a result folder: the classes of its metrics.json, else of its file names."""
+    metrics = result_dir / METRICS_FILE
+    if metrics.is_file():
+        return sorted(json.loads(metrics.read_text())["ap"])
+    prefix = result_file(result_dir, split, "").name.removesuffix(".txt")
+    classes = sorted(p.stem[len(prefix):] for p in result_dir.glob(f"{prefix}*.txt"))
+    if not classes:
+        raise FileNotFoundError(f"no result files {prefix}<class>.txt in {result_dir}")
+    return classes
+
+
+def check_same_classes(result_dirs: Sequence[Path], split: str) -> list[str]:
+    """The common class list of the folders; a folder with another list is refused by name."""
+    first = result_dir_classes(result_dirs[0], split)
+    for other in result_dirs[1:]:
+        classes = result_dir_classes(other, split)
+        if classes != first:
+            raise ValueError(f"{other} was made for classes {classes}, but {result_dirs[0]} for "
+                             f"{first}: only results of the same class list can be combined")
+    return first
+
+
+def merge_detections(parts: Sequence[Detections], nms_iou: float) -> Detections:
+    """Union of one class's detections from several models, NMS per image."""
+    merged = Detections.concat(parts)
+    if len(merged) == 0:
+        return merged
+    _, image_index = np.unique(merged.image_ids, return_inverse=True)
+    keep = batched_nms(torch.from_numpy(merged.boxes.astype(np.float32)),
+                       torch.from_numpy(merged.scores.astype(np.float32)),
+                       torch.from_numpy(image_index), nms_iou).numpy()
+    return Detections(merged.image_ids[keep], merged.scores[keep], merged.boxes[keep])
+
+
+def cap_per_image(detection_set: dict[str, Detections], max_per_image: int) -> dict[str, Detections]:
+    """Keep each image's ``max_per_image`` best-scored detections over all classes."""
+    names = list(detection_set)
+    sizes = [len(detection_set[n]) for n in names]
+    ids = np.concatenate([detection_set[n].image_ids for n in names])
+    scores = np.concatenate([detection_set[n].scores for n in names])
+    order = np.lexsort((-scores, ids))  # grouped by image, best first within an image
+    sorted_ids = ids[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_ids, sorted_ids, side="left")
+    keep = np.zeros(len(ids), dtype=bool)
+    keep[order[rank < max_per_image]] = True
+    out, start = {}, 0
+    for name, size in zip(names, sizes):
+        rows = np.flatnonzero(keep[start:start + size])
+        found = detection_set[name]
+        out[name] = Detections(found.image_ids[rows], found.scores[rows], found.boxes[rows])
+        start += size
+    return out
+
+
+def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path], out_dir: Path,
+                         nms_iou: float = 0.3, max_per_image: int = 100,
+                         use_07_metric: bool = True) -> dict:
+    """Merge result folders, write the merged result files and metrics.json; return the metrics
+    of the merge with ``"inputs"``: the mAP of each input folder."""
+    if len(result_dirs) < 2:
+        raise ValueError("give at least two result folders to combine")
+    classes = check_same_classes(result_dirs, split)
+    dataset = load_voc(voc_root, split, classes)
+    ids = [r.image_id for r in dataset.records]
+    sets = [read_result_files(d, split, classes, image_ids=ids) for d in result_dirs]
+    inputs = {str(d): evaluate_detection_set(s, dataset.records, classes, use_07_metric)["mAP"]
+              for d, s in zip(result_dirs, sets)}
+    merged = cap_per_image({c: merge_detections([s[c] for s in sets], nms_iou) for c in classes},
+                           max_per_image)
+    write_result_files(out_dir, split, merged, classes)
+    metrics = {"split": split, **evaluate_detection_set(merged, dataset.records, classes, use_07_metric),
+               "inputs": inputs}
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    return metrics

@@ -1,0 +1,183 @@
+"""Training every stage of the detector, each skipped when its cached output is complete.
+
+Stages: proposals (per-image cache) -> conv maps (per image, scale and flip) -> fine-tuning
+(checkpoint ``finetune.pt``, resumes) -> SVMs with hard negative mining and box regressors
+(``classifiers.pt``) -> ``model.pt``.  The SVMs see fc7 features computed image by image from
+the cached maps and never all windows at once; the box regressors are fed during the SVMs'
+first pass from the same pooled features, so no window is pooled twice.  In R-CNN mode
+(``config.mode == "rcnn"``) there are no conv maps: every stage warps its windows and runs the
+trunk on each (``detector.features.rcnn``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bbox_regression.ridge import BoxRegressor, BoxRegressorConfig, BoxRegressorTrainer
+from bbox_regression.training_pairs import select_training_pairs
+from detector.config import Config
+from detector.core.io import save_checkpoint, write_json_atomic
+from detector.core.runtime import mapping_large_blocks, peak_rss_mib, release_freed_memory, trimming
+from detector.core.timing import StageTimer
+from detector.core.windows import ImageWindows, build_windows
+from detector.data.voc import VOCDataset
+from detector.features.backbones import build_backbone
+from detector.features.rcnn import RCNNFeatures
+from detector.features.spp import SpatialPyramidPooling
+from detector.head.fc import SPPHead
+from detector.head.finetune import PoolingContext, finetune
+from detector.inference.detect import window_features
+from detector.model.detector import DetectorModel, conv_map_provider, save_model
+from proposals.cache import load_or_compute_proposals
+from svm.feature_scale import estimate_feature_scale
+from svm.mining import SVMConfig, SVMModel, train_svms
+from svm.windows import ImageWindows as SVMWindows
+
+log = logging.getLogger(__name__)
+
+
+def training_windows(dataset: VOCDataset, config: Config, progress: bool = True) -> list[ImageWindows]:
+    """Proposals of every image (computed in parallel and cached) stacked under its GT boxes."""
+    proposals = load_or_compute_proposals(dataset.root, dataset.records, config.proposal_mode, config.proposal_max_side,
+                                          config.workers, progress)
+    return [build_windows(r, proposals[r.image_id]) for r in dataset.records if r.image_id in proposals]
+
+
+def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: np.random.Generator,
+                      num_images: int = 20, per_image: int = 100) -> float:
+    """Scale that gives fc7 features a mean L2 norm of 20, from a sample of training windows."""
+    sample = []
+    for i in rng.choice(len(train), min(num_images, len(train)), replace=False):
+        rows = rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)
+        features = window_features(model, train[i].record, train[i].boxes[rows], StageTimer())
+        sample.append(features.window_fc7().numpy())
+    return estimate_feature_scale(np.concatenate(sample))
+
+
+class SizedPass:
+    """One pass over the training images, sized so that the miner's progress bar has a total."""
+
+    def __init__(self, make: Callable[[], Iterator[SVMWindows]], count: int) -> None:
+        self.make, self.count = make, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[SVMWindows]:
+        return self.make()
+
+
+def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
+                      progress: bool = True) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
+    """Per-class SVMs (hard negative mining) on fc7 and box regressors on pooled conv5."""
+    config = model.config
+    rng = np.random.default_rng(config.seed)
+    scale = svm_feature_scale(model, train, rng)
+    regression = BoxRegressorTrainer(BoxRegressorConfig(alpha=config.bbox_alpha, seed=config.seed))
+    passes_started = 0
+
+    def one_pass() -> Iterator[SVMWindows]:
+        nonlocal passes_started
+        feed_regression = passes_started == 0
+        passes_started += 1
+        for windows in trimming(train):
+            record = windows.record
+            features = window_features(model, record, windows.boxes, StageTimer())
+            if feed_regression:
+                pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
+                regression.add(features.window_pooled(pairs).numpy(), windows.boxes[pairs],
+                               record.boxes, record.labels)
+            yield SVMWindows(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
+                             record.labels, record.difficult)
+
+    svm_config = SVMConfig(C=config.svm_c, pos_weight=config.svm_pos_weight,
+                           intercept_scaling=config.svm_intercept_scaling, passes=config.svm_passes)
+    svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, svm_config,
+                     progress=progress)
+    return svm, regression, svm.training_stats or {}
+
+
+def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True) -> Path:
+    """Run every training stage for ``dataset``; returns the path of the written ``model.pt``."""
+    if config.fc6_rank is not None:
+        raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
+                         f"trained model with tools/compress_net.py")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    timings: dict[str, float] = {}
+    peak_rss: dict[str, float] = {}  # MiB, the peak so far at the end of each stage
+
+    def end_stage(name: str, began: float) -> None:
+        """Record a stage's seconds and the peak RSS so far, then hand the freed heap back."""
+        timings[name] = time.perf_counter() - began
+        peak_rss[name] = peak_rss_mib()
+        release_freed_memory()
+
+    start = time.perf_counter()
+    train = training_windows(dataset, config, progress)
+    if not train:
+        raise ValueError(f"no usable training image in {dataset.root} split {dataset.split}")
+    end_stage("proposals", start)
+
+    backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_options)
+    backbone.to(config.device).eval()
+    spp = SpatialPyramidPooling(config.levels or backbone.levels)
+    provider = conv_map_provider(backbone, config, dataset.root)
+    stage = time.perf_counter()
+    flips = (False, True) if config.flip else (False,)
+    map_stats = {"bytes_per_image": 0.0}
+    if config.mode == "spp":
+        map_stats = provider.precompute([w.record for w in train], config.scales, flips, progress,
+                                        desc="conv maps (train)")
+        log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
+                 map_stats["bytes_per_image"], len(config.scales), len(flips))
+    end_stage("conv_maps", stage)
+
+    head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes),
+                   config.dropout, config.seed)
+    if backbone.pretrained_fc is not None:
+        head.load_pretrained_fc(backbone.pretrained_fc)
+    rcnn = RCNNFeatures.from_config(backbone, spp, config) if config.mode == "rcnn" else None
+    context = PoolingContext(provider, spp, backbone.geometry, tuple(config.scales),
+                             normalise=backbone.pretrained_fc is None, rcnn=rcnn)
+    stage = time.perf_counter()
+    finetune_stats = finetune(head, context, train, dataset.classes, config,
+                              out_dir / "finetune.pt", progress)
+    end_stage("finetune", stage)
+
+    model = DetectorModel(list(dataset.classes), config, backbone, spp, head, None, None, provider)
+    classifiers_path = out_dir / "classifiers.pt"
+    stage = time.perf_counter()
+    if classifiers_path.exists():
+        state = torch.load(classifiers_path, map_location="cpu", weights_only=False)
+        model.svm = SVMModel.from_state_dict(state["svm"])
+        model.regressor = BoxRegressor.from_state_dict(state["regressor"])
+        log.info("SVMs and box regressors: reusing %s", classifiers_path)
+        svm_stats = state["stats"]
+    else:
+        with mapping_large_blocks():
+            model.svm, regression, svm_stats = train_classifiers(model, train, progress)
+            peak_rss["svms"] = peak_rss_mib()
+            release_freed_memory()
+            model.regressor = regression.fit()
+        save_checkpoint(classifiers_path, {"svm": model.svm.state_dict(),
+                                           "regressor": model.regressor.state_dict(),
+                                           "stats": svm_stats})
+    end_stage("svm_and_regression", stage)
+    model_path = out_dir / "model.pt"
+    save_model(model_path, model)
+    timings["total"] = time.perf_counter() - start
+    summary = {"images": len(train), "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
+               "conv_map_bytes_per_image": map_stats["bytes_per_image"],
+               "finetune": finetune_stats, "svm": svm_stats, "config": config.to_dict()}
+    write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding
+    for name, seconds in timings.items():
+        peak = f"   peak RSS so far {peak_rss[name]:7.0f} MiB" if name in peak_rss else ""
+        tqdm.write(f"  {name:>20s}: {seconds:8.1f} s{peak}")
+    return model_path

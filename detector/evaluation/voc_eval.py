@@ -1,0 +1,348 @@
+"""PASCAL VOC detection evaluation with the devkit's semantics, result files in the devkit
+format, and the ``metrics.json`` of a result folder.
+
+Matching (the devkit's ``VOCevaldet.m``, exactly):
+- IoU is ``detector.core.boxes.iou_matrix`` on continuous boxes, which equals the devkit's "+1"
+  IoU on 1-based inclusive boxes.
+- Detections are ranked by score, descending, with a stable sort (MATLAB's ``sort`` is
+  stable too): tied scores keep the order of the ``Detections`` rows.
+- Each detection takes the GT box of its class in its image with the highest IoU (the first
+  one on ties), difficult boxes included.  IoU >= ``iou_threshold`` (the devkit's
+  ``ovmax >= minoverlap``; py-faster-rcnn's ``>`` differs only at exactly 0.5): a difficult
+  GT makes the detection neither TP nor FP; a free GT makes it a TP and takes the GT; a GT
+  taken by a higher-ranked detection makes it a FP, even if another GT would have matched.
+  Below the threshold, or in an image without GT of the class: FP.
+- ``npos`` counts the non-difficult GT boxes of the class over all images.
+
+Decisions:
+- A class without positives (npos == 0) has no defined recall, so its AP is NaN: written as
+  null in JSON, shown as "n/a", left out of the mean.  A class with positives but no
+  detections has AP 0.  mAP is the mean of the defined APs (NaN when none is defined).
+- Precision where no detection has counted yet (only difficult matches so far) is 0, as in
+  py-faster-rcnn; the devkit's NaN there is ignored by MATLAB's ``max``; AP is the same.
+- The 11-point thresholds are exactly k/10: py-faster-rcnn's ``np.arange(0, 1.1, 0.1)``
+  drifts by one ulp above 0.3, 0.6 and 0.7 and would drop a recall exactly equal to them.
+- A detection on an image that is not among the records is a ValueError (the devkit also
+  stops on an unknown image).
+
+Result files: ``comp4_det_<split>_<class>.txt``, one line ``image_id score x1 y1 x2 y2`` per
+detection, coordinates 1-based VOC (``boxes_to_voc``).  The score is written with Python's
+shortest round-trip repr (exact, so reading back never creates ties); each coordinate with
+the shortest repr of its float32 value, which is exactly what ``voc_to_boxes`` reads back,
+so writing what was read reproduces the file.  Files are written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from detector.core.boxes import boxes_to_voc, iou_matrix, voc_to_boxes
+from detector.core.detections import Detections, DetectionSet, check_class_names
+from detector.core.io import write_json_atomic, write_text_atomic
+from detector.core.records import ImageRecord
+from detector.data.voc import load_voc
+from detector.evaluation.coco_eval import COCO_METRICS, coco_metrics
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class ClassResult:
+    """AP of one class with its precision / recall curve (one point per ranked detection)."""
+
+    ap: float
+    recall: np.ndarray
+    precision: np.ndarray
+    npos: int
+
+
+@dataclass
+class EvalResult:
+    """AP per class name (NaN: no positives) and their mean over the defined ones."""
+
+    ap: dict[str, float]
+    mAP: float
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
+    """AP of a precision / recall curve: VOC2007's 11-point interpolation, or (VOC2010+)
+    the area under the monotone precision envelope."""
+    recall = np.asarray(recall, dtype=np.float64).reshape(-1)
+    precision = np.asarray(precision, dtype=np.float64).reshape(-1)
+    if recall.shape != precision.shape:
+        raise ValueError(f"recall ({recall.shape}) and precision ({precision.shape}) differ in length")
+    if use_07_metric:
+        ap = 0.0
+        for threshold in np.arange(11) / 10.0:
+            reached = precision[recall >= threshold]
+            ap += (reached.max() if reached.size else 0.0) / 11.0
+        return float(ap)
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))
+
+
+def _record_index(records: Sequence[ImageRecord]) -> dict[str, int]:
+    """Image id -> position in ``records``; repeated ids are a ValueError."""
+    index = {record.image_id: i for i, record in enumerate(records)}
+    if len(index) != len(records):
+        raise ValueError("records repeat an image id; every image must appear once")
+    return index
+
+
+def _unknown_ids(image_ids: np.ndarray, known: Collection[str]) -> list[str]:
+    """The distinct ids of ``image_ids`` that are not in ``known`` (sorted)."""
+    return sorted(i for i in np.unique(image_ids).tolist() if i not in known)
+
+
+def _match(
+    dets: Detections, records: Sequence[ImageRecord], class_index: int, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(tp, fp, npos)``: 0/1 flags per detection in ranking order, and the positive count.
+
+    The greedy "first come takes the GT" rule reduces to: among ranked detections whose best
+    GT is a non-difficult match, the first one per GT is the TP.
+    """
+    index = _record_index(records)
+    unknown = _unknown_ids(dets.image_ids, index)
+    if unknown:
+        raise ValueError(f"detections on images not in the evaluated records: {unknown[:10]}")
+    npos = int(sum(np.count_nonzero((r.labels == class_index) & ~r.difficult) for r in records))
+
+    order = np.argsort(-dets.scores, kind="stable")
+    image_ids, boxes = dets.image_ids[order], dets.boxes[order]
+    n = len(order)
+    best_gt = np.full(n, -1, dtype=np.int64)  # GT id unique over all images
+    best_iou = np.zeros(n, dtype=np.float64)
+    best_difficult = np.zeros(n, dtype=bool)
+    unique_ids, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+    rows_per_image = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    gt_offset = 0
+    for image_id, rows in zip(unique_ids.tolist(), rows_per_image):
+        record = records[index[image_id]]
+        of_class = record.labels == class_index
+        if not of_class.any():
+            continue
+        ious = iou_matrix(boxes[rows], record.boxes[of_class])
+        nearest = ious.argmax(axis=1)
+        best_gt[rows] = gt_offset + nearest
+        best_iou[rows] = ious[np.arange(len(rows)), nearest]
+        best_difficult[rows] = record.difficult[of_class][nearest]
+        gt_offset += int(of_class.sum())
+
+    matched = (best_gt >= 0) & (best_iou >= iou_threshold)
+    ignored = matched & best_difficult
+    candidates = np.flatnonzero(matched & ~best_difficult)
+    _, first = np.unique(best_gt[candidates], return_index=True)
+    tp = np.zeros(n, dtype=np.float64)
+    tp[candidates[first]] = 1.0
+    fp = 1.0 - tp - ignored
+    return tp, fp, npos
+
+
+def evaluate_class(
+    dets: Detections,
+    records: Sequence[ImageRecord],
+    class_index: int,
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = True,
+) -> ClassResult:
+    """AP of one class's detections against the GT of ``records`` (labels == ``class_index``)."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    tp, fp, npos = _match(dets, records, class_index, iou_threshold)
+    tp_sum, fp_sum = np.cumsum(tp), np.cumsum(fp)
+    counted = tp_sum + fp_sum
+    precision = np.divide(tp_sum, counted, out=np.zeros_like(tp_sum), where=counted > 0)
+    if npos == 0:
+        return ClassResult(math.nan, np.full_like(tp_sum, math.nan), precision, 0)
+    recall = tp_sum / npos
+    return ClassResult(voc_ap(recall, precision, use_07_metric), recall, precision, npos)
+
+
+def evaluate_detections(
+    detection_set: DetectionSet,
+    records: Sequence[ImageRecord],
+    classes: Sequence[str],
+    use_07_metric: bool = True,
+) -> EvalResult:
+    """VOC AP of every class in ``classes`` (a class absent from the set has no detections)."""
+    check_class_names(detection_set, classes)
+    ap = {
+        name: evaluate_class(detection_set.get(name, Detections.empty()), records, k,
+                             use_07_metric=use_07_metric).ap
+        for k, name in enumerate(classes)
+    }
+    defined = [value for value in ap.values() if not math.isnan(value)]
+    return EvalResult(ap, float(np.mean(defined)) if defined else math.nan)
+
+
+def _json_number(value: float) -> float | None:
+    """A float for JSON: NaN (undefined) becomes None (null)."""
+    return None if math.isnan(value) else float(value)
+
+
+def evaluate_detection_set(
+    detection_set: DetectionSet,
+    records: Sequence[ImageRecord],
+    classes: Sequence[str],
+    use_07_metric: bool = True,
+) -> dict:
+    """VOC and COCO metrics of a detection set as a JSON-ready dict (undefined values None):
+    ``{"metric", "num_images", "mAP", "ap": {class: AP}, "coco": {"AP", "AP50", ...}}``."""
+    voc = evaluate_detections(detection_set, records, classes, use_07_metric)
+    coco = coco_metrics(detection_set, records, classes)
+    return {
+        "metric": "voc07" if use_07_metric else "voc10",
+        "num_images": len(records),
+        "mAP": _json_number(voc.mAP),
+        "ap": {name: _json_number(value) for name, value in voc.ap.items()},
+        "coco": {name: _json_number(value) for name, value in coco.items()},
+    }
+
+
+def result_file(out_dir: str | Path, split: str, class_name: str) -> Path:
+    """Path of one class's devkit result file: ``<out_dir>/comp4_det_<split>_<class>.txt``."""
+    return Path(out_dir) / f"comp4_det_{split}_{class_name}.txt"
+
+
+def write_result_files(
+    out_dir: str | Path, split: str, detection_set: DetectionSet, classes: Sequence[str]
+) -> list[Path]:
+    """Write one devkit result file per class of ``classes`` (empty for a class without
+    detections) and return their paths."""
+    check_class_names(detection_set, classes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in classes:
+        dets = detection_set.get(name, Detections.empty())
+        bad = [i for i in np.unique(dets.image_ids).tolist() if not i or len(i.split()) != 1]
+        if bad:
+            raise ValueError(f"class {name}: image ids {bad[:5]} are empty or hold whitespace")
+        coordinates = boxes_to_voc(dets.boxes).astype(np.float32)
+        lines = [
+            f"{image_id} {score!r} {' '.join(map(str, box))}\n"
+            for image_id, score, box in zip(dets.image_ids.tolist(), dets.scores.tolist(), coordinates)
+        ]
+        path = result_file(out_dir, split, name)
+        write_text_atomic(path, "".join(lines))
+        paths.append(path)
+    return paths
+
+
+def _read_result_file(path: Path, known_ids: Collection[str] | None) -> Detections:
+    """Parse one result file; a malformed line or an unknown image is a ValueError naming
+    the file and line.  Blank lines are skipped."""
+    image_ids, scores, coordinates = [], [], []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                if len(fields) != 6:
+                    raise ValueError(f"{len(fields)} fields, not 6")
+                numbers = [float(f) for f in fields[1:]]
+                if not all(math.isfinite(x) for x in numbers):
+                    raise ValueError("non-finite number")
+            except ValueError as error:
+                raise ValueError(
+                    f"{path}:{line_number}: malformed detection line {line.rstrip()!r} ({error}); "
+                    "expected 'image_id score x1 y1 x2 y2'"
+                ) from None
+            if known_ids is not None and fields[0] not in known_ids:
+                raise ValueError(f"{path}:{line_number}: image id {fields[0]!r} is not in the split")
+            image_ids.append(fields[0])
+            scores.append(numbers[0])
+            coordinates.append(numbers[1:])
+    if not image_ids:
+        return Detections.empty()
+    return Detections(image_ids, np.array(scores), voc_to_boxes(np.array(coordinates)))
+
+
+def read_result_files(
+    out_dir: str | Path,
+    split: str,
+    classes: Sequence[str],
+    image_ids: Collection[str] | None = None,
+) -> dict[str, Detections]:
+    """Read the devkit result files of ``classes`` into a detection set.
+
+    A class without a file gets no detections, and files of other classes are ignored (both
+    logged as warnings).  With ``image_ids``
+    (the split's ids), a line naming another image is a ValueError naming file and line.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"result folder {out_dir} not found")
+    prefix = result_file(out_dir, split, "").name.removesuffix(".txt")
+    ignored = sorted(p.name for p in out_dir.glob(f"{prefix}*.txt") if p.stem[len(prefix):] not in classes)
+    if ignored:
+        logger.warning("result files of classes outside the class list are ignored: %s", ignored)
+    known = set(image_ids) if image_ids is not None else None
+    detection_set = {}
+    for name in classes:
+        path = result_file(out_dir, split, name)
+        if not path.is_file():
+            logger.warning("no result file %s: class %s has no detections", path, name)
+            detection_set[name] = Detections.empty()
+            continue
+        detection_set[name] = _read_result_file(path, known)
+    return detection_set
+
+
+def evaluate_result_dir(
+    voc_root: str | Path,
+    split: str,
+    result_dir: str | Path,
+    classes: Sequence[str] | None = None,
+    use_07_metric: bool = True,
+) -> dict:
+    """Evaluate the devkit result files in ``result_dir`` against a VOC split's GT, write
+    ``result_dir/metrics.json`` (``evaluate_detection_set``'s dict plus ``"split"``, NaN as
+    null) and return it.  ``classes`` defaults to the dataset's classes."""
+    dataset = load_voc(voc_root, split, classes)
+    detection_set = read_result_files(
+        result_dir, split, dataset.classes, image_ids=[r.image_id for r in dataset.records]
+    )
+    metrics = {"split": split, **evaluate_detection_set(detection_set, dataset.records, dataset.classes,
+                                                        use_07_metric)}
+    path = Path(result_dir) / METRICS_FILE
+    write_json_atomic(path, metrics)
+    logger.info("wrote %s (mAP %s)", path, metrics["mAP"])
+    return metrics
+
+
+def _percent(value: float | None) -> str:
+    """An AP as a percentage with one decimal, "n/a" when undefined."""
+    return "n/a" if value is None or math.isnan(value) else f"{100.0 * value:.1f}"
+
+
+def format_ap_table(metrics: Mapping) -> str:
+    """A per-class AP table with the mAP below and the COCO metrics beside, in percent."""
+    metric = {"voc07": "VOC07 11-point", "voc10": "VOC10 area"}.get(metrics.get("metric"), "VOC")
+    ap = metrics["ap"]
+    width = max([len(name) for name in ap] + [len("class")])
+    left = [f"{'class':<{width}}  {'AP':>6}", "-" * (width + 8)]
+    left += [f"{name:<{width}}  {_percent(value):>6}" for name, value in ap.items()]
+    left += ["-" * (width + 8), f"{'mAP':<{width}}  {_percent(metrics['mAP']):>6}"]
+    coco = metrics.get("coco", {})
+    right = ["COCO bbox", "-" * 14] + [
+        f"{name:<6}  {_percent(coco[name]):>6}" for name in COCO_METRICS if name in coco
+    ]
+    rows = max(len(left), len(right))
+    left += [""] * (rows - len(left))
+    right += [""] * (rows - len(right))
+    left_width = width + 8
+    table = [f"{a:<{left_width}}   |  {b}".rstrip() for a, b in zip(left, right)]
+    return f"AP per class ({metric}, percent)\n" + "\n".join(table)

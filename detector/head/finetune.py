@@ -1,0 +1,223 @@
+"""Fine-tuning fc6/fc7/fc8 on windows pooled from the cached conv maps (conv frozen).
+
+The conv maps never change, so a window's pooled feature never changes either: like the
+released code (which fine-tuned on cached pool5 features), every training image (and its
+mirror image when flipping is on) gives a fixed sample of windows, 25% foreground, each
+pooled once from a random scale into a float16 bank.  Mini-batches of 128 windows, 25%
+foreground, are then drawn across all images of the bank, so an iteration costs only the fc
+layers.  SGD with momentum and weight decay, a step schedule, and a checkpoint every
+``checkpoint_every`` iterations holding the head, optimiser, schedule position, RNG state,
+class list, backbone, levels, scales and feature normalisation: a killed run resumes from it
+(the bank is rebuilt identically from the seed).  The last snapshot is the result: no
+snapshot is ever chosen by its score on an evaluation split.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from detector.config import Config
+from detector.core.boxes import flip_boxes
+from detector.core.io import save_checkpoint
+from detector.core.windows import ImageWindows
+from detector.features.convmaps import ConvMapProvider
+from detector.features.geometry import TrunkGeometry
+from detector.features.pooling import pool_windows
+from detector.features.rcnn import RCNNFeatures
+from detector.features.spp import SpatialPyramidPooling
+from detector.head.fc import SPPHead
+from detector.head.sampling import SamplingConfig, sample_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolingContext:
+    """What turns windows of an image into pooled pyramid features."""
+
+    provider: ConvMapProvider
+    spp: SpatialPyramidPooling
+    geometry: TrunkGeometry
+    scales: tuple[int, ...]
+    normalise: bool = True  # False for trunks whose pretrained fc6 expects raw pooled features
+    rcnn: RCNNFeatures | None = None  # R-CNN mode: each window warped and run through the trunk
+
+
+def pool_training_windows(context: PoolingContext, windows: ImageWindows, indices: np.ndarray,
+                          flip: bool, rng: np.random.Generator) -> torch.Tensor:
+    """Pool the chosen windows of one image, each from a random scale (or, in R-CNN mode, each
+    from its own warped trunk pass)."""
+    record = windows.record
+    if context.rcnn is not None:
+        boxes = windows.boxes[indices]
+        return context.rcnn.pool_record(record, flip_boxes(boxes, record.width) if flip else boxes, flip)
+    scale_index = rng.integers(len(context.scales), size=len(indices))
+    used = sorted(set(scale_index.tolist()))
+    loaded = context.provider.get_scales(record, [context.scales[k] for k in used], flip)
+    maps = [None] * len(context.scales)
+    for k, conv_map in zip(used, loaded):
+        maps[k] = conv_map
+    boxes = windows.boxes[indices]
+    if flip:
+        boxes = flip_boxes(boxes, record.width)
+    return pool_windows(context.spp, context.geometry, maps, boxes, scale_index)
+
+
+@dataclass
+class WindowBank:
+    """Pooled features (float16, N x D) and labels (0 = background) of the sampled windows."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        labels = self.labels.numpy()
+        self.foreground = np.flatnonzero(labels > 0)
+        self.background = np.flatnonzero(labels == 0)
+
+    def draw(self, batch_size: int, fg_fraction: float, rng: np.random.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mini-batch across all images: ``fg_fraction`` foreground, the rest background."""
+        n_fg = min(int(round(fg_fraction * batch_size)), len(self.foreground))
+        n_bg = batch_size - n_fg
+        rows = np.concatenate([rng.choice(self.foreground, n_fg, replace=False),
+                               rng.choice(self.background, n_bg, replace=len(self.background) < n_bg)])
+        rows_t = torch.from_numpy(rows)
+        return self.features[rows_t].float(), self.labels[rows_t]
+
+
+def build_window_bank(context: PoolingContext, train: Sequence[ImageWindows],
+                      sampling: SamplingConfig, flips: Sequence[bool], rng: np.random.Generator,
+                      progress: bool = True) -> WindowBank:
+    """Pool a sample of every training image's windows once, each from a random scale.
+
+    The conv maps are frozen, so a window's pooled feature never changes: pooling a fixed
+    sample per image (and per flip) once, then drawing mini-batches of 128 across all
+    images from it, is what the released code did with its cached pool5 features, and it
+    keeps the per-iteration cost to the fc layers alone.
+    """
+    capacity = len(train) * len(flips) * sampling.windows_per_image  # sample_windows' upper bound
+    features: torch.Tensor | None = None  # filled in place: a list joined by torch.cat would
+    labels = torch.empty(capacity, dtype=torch.int64)  # hold every row twice at its peak
+    filled = 0
+    for windows in tqdm(train, desc="pooling training windows", disable=not progress, unit="img"):
+        for flip in flips:
+            indices, window_labels = sample_windows(windows, sampling, rng)
+            if len(indices):
+                pooled = pool_training_windows(context, windows, indices, flip, rng)
+                if features is None:
+                    features = torch.empty((capacity, pooled.shape[1]), dtype=torch.float16)
+                features[filled:filled + len(indices)] = pooled
+                labels[filled:filled + len(indices)] = torch.from_numpy(window_labels)
+                filled += len(indices)
+    if features is None:
+        raise ValueError("no training window could be sampled (no image has proposals)")
+    return WindowBank(features[:filled], labels[:filled])
+
+
+def check_compatible(state: dict, classes: Sequence[str], backbone: str, mode: str = "spp") -> None:
+    """Refuse a checkpoint made for another class list, backbone or mode, naming the difference."""
+    if list(state["classes"]) != list(classes):
+        raise ValueError(f"checkpoint was trained for classes {list(state['classes'])}, "
+                         f"but this dataset has {list(classes)}; use another --out folder")
+    if state["backbone"] != backbone:
+        raise ValueError(f"checkpoint was trained with backbone {state['backbone']!r}, "
+                         f"not {backbone!r}; use another --out folder")
+    trained_mode = state.get("config", {}).get("mode", "spp")
+    if trained_mode != mode:
+        raise ValueError(f"checkpoint was trained in {trained_mode!r} mode, not {mode!r}; "
+                         "use another --out folder")
+
+
+def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindows],
+             classes: Sequence[str], config: Config, checkpoint_path: Path,
+             progress: bool = True) -> dict:
+    """Train the head; resumes from ``checkpoint_path`` when it exists. Returns run statistics."""
+    device = torch.device(config.device)
+    head.to(device)
+    params = [p for name, p in head.named_parameters() if name.startswith(("fc6", "fc7", "fc8"))]
+    # fused: one kernel per step instead of a chain of foreach ops, the same update; on this
+    # 2-core CPU a 16000 x 1024 fc6 step went from 244 ms to 158 ms per iteration
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, fused=True)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_steps), config.lr_gamma)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    state = None
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        check_compatible(state, classes, config.backbone, config.mode)
+        if state["iteration"] >= config.iterations:
+            head.load_state_dict(state["head"])
+            head.eval()
+            log.info("fine-tuning: %s is complete (%d iterations); reusing it",
+                     checkpoint_path, state["iteration"])
+            return {"iterations": 0, "seconds": 0.0, "reused": str(checkpoint_path)}
+    started = time.perf_counter()
+    sampling = SamplingConfig(config.bank_windows_per_image, config.fg_fraction,
+                              config.fg_iou, config.bg_iou_low, config.bg_iou_high)
+    flips = (False, True) if config.flip else (False,)
+    bank = build_window_bank(context, train, sampling, flips, np.random.default_rng(config.seed),
+                             progress)
+    bank_seconds = time.perf_counter() - started
+    if len(bank.foreground) == 0:
+        raise ValueError("fine-tuning: no window overlaps a GT box by IoU >= "
+                         f"{config.fg_iou}; check the annotations and proposals")
+    start = 0
+    if state is not None:
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start = state["iteration"]
+        log.info("fine-tuning: resuming from %s at iteration %d", checkpoint_path, start)
+    elif context.normalise:
+        head.set_normalisation(bank.features[:20000])
+    head.train()
+
+    def checkpoint(iteration: int) -> None:
+        save_checkpoint(checkpoint_path, {
+            "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "iteration": iteration,
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "classes": list(classes), "backbone": config.backbone,
+            "levels": tuple(context.spp.levels), "scales": tuple(context.scales),
+            "config": config.to_dict()})
+
+    losses: list[float] = []
+    correct = seen = 0
+    bar = tqdm(range(start, config.iterations), desc="fine-tuning", disable=not progress,
+               initial=start, total=config.iterations, unit="it")
+    for iteration in bar:
+        x, y = bank.draw(config.batch_size, config.fg_fraction, rng)
+        x, y = x.to(device), y.to(device)
+        logits = head(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if (iteration + 1) % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
+                            lr=f"{schedule.get_last_lr()[0]:.0e}")
+            correct = seen = 0
+        if (iteration + 1) % config.checkpoint_every == 0:
+            checkpoint(iteration + 1)
+    checkpoint(config.iterations)
+    head.eval()
+    return {"iterations": config.iterations - start, "seconds": time.perf_counter() - started,
+            "bank_seconds": bank_seconds, "bank_windows": len(bank.labels),
+            "bank_foreground": len(bank.foreground),
+            "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}

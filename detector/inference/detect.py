@@ -1,0 +1,110 @@
+"""Detection on one image: conv maps, pooling, fc, scoring, box regression, NMS.
+
+In R-CNN mode (``config.mode == "rcnn"``) each window is warped and run through the trunk
+instead (``detector.features.rcnn``): the trunk time counts as ``conv``, the pyramid pooling of the
+warped windows' maps as ``pooling``; the later stages are the same.
+
+Every proposal is scored by every class (SVM margins on fc7, or the fc8 softmax), each class's
+windows are moved by that class's box regressor and clipped to the image, then NMS at IoU 0.3
+per class (``torchvision.ops.batched_nms``) and at most ``max_per_image`` detections per image
+by score.  Windows scoring below ``score_threshold`` are dropped before regression and NMS: they
+could never reach the top 100 and would cost time.  Seconds per stage are accumulated in a
+``StageTimer`` so a test run can print where its time goes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from detector.core.detections import ImageDetections
+from detector.core.records import ImageRecord
+from detector.core.timing import StageTimer
+from detector.features.geometry import select_scales
+from detector.features.pooling import distinct_windows, pool_cells, window_cells
+from detector.features.rcnn import RCNNFeatures
+from detector.model.detector import DetectorModel
+
+
+@dataclass
+class WindowFeatures:
+    """Pooled pyramid features and fc7 features of an image's distinct windows (see
+    :func:`detector.features.pooling.distinct_windows`): window ``i`` is row ``rows[i]``."""
+
+    pooled: torch.Tensor
+    fc7: torch.Tensor
+    rows: np.ndarray
+
+    def window_fc7(self, windows: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """fc7 features of the given windows (default: all), one row per window."""
+        return self.fc7[torch.from_numpy(self.rows[windows])]
+
+    def window_pooled(self, windows: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """Pooled features of the given windows (default: all), one row per window."""
+        return self.pooled[torch.from_numpy(self.rows[windows])]
+
+
+def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
+                    timer: StageTimer, batch: int = 1024) -> WindowFeatures:
+    """Pooled pyramid features and fc7 features of the windows, each at its best scale and
+    computed once per distinct window (SPP mode), or each from its own warped trunk pass
+    (R-CNN mode)."""
+    if model.config.mode == "rcnn":
+        pooled = RCNNFeatures.from_config(model.backbone, model.spp, model.config).pool_record(
+            record, boxes, timer=timer)
+        rows = np.arange(len(pooled), dtype=np.int64)
+    else:
+        with timer.stage("conv"):
+            maps = model.provider.get_scales(record, model.scales, flip=False)
+        with timer.stage("pooling"):
+            scale_index = select_scales(boxes, record.height, record.width, model.scales,
+                                        model.config.max_side)
+            distinct, rows = distinct_windows(window_cells(model.backbone.geometry, maps, boxes,
+                                                           scale_index))
+            pooled = pool_cells(model.spp, maps, distinct)
+    with timer.stage("fc"), torch.inference_mode():
+        device = next(model.head.parameters()).device
+        fc7 = torch.cat([model.head.features(pooled[i:i + batch].to(device)).cpu()
+                         for i in range(0, len(pooled), batch)]) if len(pooled) else \
+            torch.zeros((0, model.head.fc7.out_features))
+    return WindowFeatures(pooled, fc7, rows)
+
+
+def score_windows(model: DetectorModel, fc7: torch.Tensor) -> np.ndarray:
+    """Scores (N x K) of every window for every class: SVM margins or softmax probabilities."""
+    if model.config.scorer == "svm":
+        return model.svm.scores(fc7.numpy())
+    with torch.inference_mode():
+        device = next(model.head.parameters()).device
+        probs = torch.softmax(model.head.fc8(fc7.to(device)), dim=1).cpu()
+    return probs[:, 1:].numpy()
+
+
+def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
+           timer: StageTimer) -> ImageDetections:
+    """Run the test pipeline on one image's proposals."""
+    boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
+    features = window_features(model, record, boxes, timer)
+    with timer.stage("scoring"):
+        scores = score_windows(model, features.fc7)[features.rows]
+        threshold = (model.config.score_threshold if model.config.scorer == "svm"
+                     else model.config.softmax_threshold)
+        rows, classes = np.nonzero(scores > threshold)
+        kept_scores = scores[rows, classes]
+    with timer.stage("regression"):
+        if model.regressor is not None and len(rows):
+            kept_boxes = model.regressor.apply(features.pooled.numpy(), boxes[rows], classes,
+                                               record.width, record.height,
+                                               feature_rows=features.rows[rows])
+        else:
+            kept_boxes = boxes[rows]
+    with timer.stage("nms"):
+        keep = batched_nms(torch.from_numpy(np.ascontiguousarray(kept_boxes, np.float32)),
+                           torch.from_numpy(kept_scores.astype(np.float32)),
+                           torch.from_numpy(classes), model.config.nms_iou).numpy()
+        keep = keep[: model.config.max_per_image]  # batched_nms returns indices by score
+    timer.images += 1
+    return ImageDetections(np.asarray(kept_boxes[keep], np.float32), kept_scores[keep],
+                           classes[keep].astype(np.int64))
