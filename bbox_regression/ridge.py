@@ -34,6 +34,7 @@ import numpy as np
 from sklearn.linear_model import Ridge
 from tqdm import tqdm
 
+from bbox_regression.config import BoxRegressorConfig
 from bbox_regression.training_pairs import select_training_pairs
 from bbox_regression.transforms import decode, encode
 from detector.core.boxes import clip_boxes
@@ -42,33 +43,6 @@ logger = logging.getLogger(__name__)
 
 _STORAGE_DTYPE = np.float16
 _NORM_CHUNK_ROWS = 4096  # rows converted to float32 at a time when measuring feature norms
-
-
-@dataclass(frozen=True)
-class BoxRegressorConfig:
-    """Settings of box-regression training (see the module docstring for the reasons)."""
-
-    alpha: float = 1000.0
-    min_iou: float = 0.5
-    feature_norm: float = 20.0
-    min_pairs: int = 10
-    max_pairs_per_class: int = 10000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.alpha > 0:
-            raise ValueError(f"BoxRegressorConfig: alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.min_iou < 1.0:
-            raise ValueError(f"BoxRegressorConfig: min_iou must be in [0, 1), got {self.min_iou}")
-        if not self.feature_norm > 0:
-            raise ValueError(f"BoxRegressorConfig: feature_norm must be > 0, got {self.feature_norm}")
-        if self.min_pairs < 2:
-            raise ValueError(f"BoxRegressorConfig: min_pairs must be >= 2, got {self.min_pairs}")
-        if self.max_pairs_per_class < self.min_pairs:
-            raise ValueError(
-                f"BoxRegressorConfig: max_pairs_per_class ({self.max_pairs_per_class}) "
-                f"must be >= min_pairs ({self.min_pairs})"
-            )
 
 
 class _PairReservoir:

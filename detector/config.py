@@ -1,4 +1,17 @@
-"""One configuration object for the whole pipeline, with named presets and checked overrides.
+"""The one configuration of the whole pipeline: nested sections, named presets, checked overrides.
+
+``Config`` holds the model's own settings at the top (trunk, pyramid, scales, fc width, feature
+path) and one section per stage: ``proposals``, ``sampling`` and ``finetune`` (fine-tuning),
+``svm`` (``svm.config.SVMConfig``), ``bbox`` (``bbox_regression.config.BoxRegressorConfig``),
+``rcnn`` (the R-CNN feature path) and ``test``.  Every stage reads its own section; nothing
+copies settings from one object into another by hand.
+
+Keys are spelt ``name`` at the top and ``section.name`` in a section (``--set svm.C=0.01
+finetune.iterations=2000``, or a nested JSON file with ``--config``).  An unknown key or a value
+of the wrong type is refused with a message naming it; a key of the flat config of model files
+written before sections existed is mapped to its new name (``LEGACY_KEYS``) when such a file is
+read, and refused with the new name when typed.  The sections' ``seed`` follows the top-level
+``seed``.
 
 Presets:
 - ``cpu`` (default): sized for a 2-core CPU: 1024-wide fc layers and a short schedule so that
@@ -11,115 +24,214 @@ Presets:
   train + test run finishes in minutes on a laptop.
 - ``paper``: the paper's ZF-5 setting for a GPU: 4096-wide fc layers, five scales,
   lr 1e-4 for 250k mini-batches then 1e-5 for 50k.
-
-Overrides come from a JSON file (``--config FILE``) or ``key=value`` pairs; an unknown key or a
-value of the wrong type is refused with a message naming it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from bbox_regression.config import BoxRegressorConfig
+from svm.config import SVMConfig
+
 PAPER_SCALES = (480, 576, 688, 864, 1200)
+FEATURE_PATHS = ("spp", "rcnn")
+SCORERS = ("svm", "softmax")
 
 
-@dataclass
-class Config:
-    """Every tunable of the pipeline; see the module docstring for the presets."""
+@dataclass(frozen=True)
+class ProposalConfig:
+    """Selective search (``proposals/``)."""
 
-    preset: str = "cpu"
-    backbone: str = "efficientnet_lite0"
-    backbone_options: dict = field(default_factory=dict)
-    weights: str | None = None
-    levels: tuple[int, ...] | None = None  # None: the backbone's default pyramid
-    scales: tuple[int, ...] = PAPER_SCALES
-    max_side: int = 2000  # cap on the long side of a resized image (elongated images)
-    # proposals
-    proposal_mode: str = "fast"
-    proposal_max_side: int = 500
-    workers: int = 2
-    # fine-tuning
-    fc_width: int = 1024
-    # rank of a truncated-SVD fc6, set by tools/compress_net.py on a trained model
-    # (detector.model.compression); None: the full fc6, the only form training accepts
-    fc6_rank: int | None = None
-    dropout: float = 0.5
-    batch_size: int = 128
-    # Windows pooled once per image (and per flip) for fine-tuning.  32 keeps the float16 bank of
-    # VOC dev_train at stride 32 to 2000 x 2 x 32 x 16000 x 2 B = 4.1 GB (64 would need 8.2 GB).
-    bank_windows_per_image: int = 32
-    fg_fraction: float = 0.25
-    fg_iou: float = 0.5
-    bg_iou_low: float = 0.1
-    bg_iou_high: float = 0.5
-    flip: bool = True
+    method: str = "fast"  # selective search mode: fast, quality or opencv-fast
+    max_side: int = 500  # images are searched with their long side at most this, boxes mapped back
+    workers: int = 2  # processes computing missing proposals
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which windows fine-tuning learns from (per image and flip, drawn once into a bank)."""
+
+    # 32 keeps the float16 bank of VOC dev_train at stride 32 to 2000 x 2 x 32 x 16000 x 2 B
+    # = 4.1 GB (64 would need 8.2 GB)
+    windows_per_image: int = 32
+    fg_fraction: float = 0.25  # share of foreground windows in an image's sample and a mini-batch
+    fg_iou: float = 0.5  # foreground: IoU >= fg_iou with a GT box
+    bg_low: float = 0.1  # background: IoU in [bg_low, bg_high)
+    bg_high: float = 0.5
+    flip: bool = True  # horizontally flipped images double the data
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """SGD on fc6, fc7, fc8 (conv frozen)."""
+
+    batch_size: int = 128  # windows per mini-batch
     lr: float = 1e-2  # fc layers start from random (no pretrained fc for the default trunk)
-    lr_steps: tuple[int, ...] = (3000,)  # iteration at which lr is multiplied by lr_gamma
+    lr_steps: tuple[int, ...] = (3000,)  # iterations at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     iterations: int = 4000
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    checkpoint_every: int = 500
-    # SVMs and box regression
+    checkpoint_every: int = 500  # iterations between resumable checkpoints
+
+
+@dataclass(frozen=True)
+class RCNNConfig:
+    """The R-CNN feature path (``feature_path = "rcnn"``, ``detector.features.rcnn``)."""
+
+    context_pad: int = 16  # pixels of context around each warped window
+    batch_size: int = 8  # windows per trunk batch
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """Scoring and non-maximum suppression at test."""
+
+    __test__ = False  # not a pytest class
+
     scorer: str = "svm"  # "svm" (the paper) or "softmax" (fc8)
-    svm_c: float = 1e-3
-    svm_pos_weight: float = 2.0
-    svm_intercept_scaling: float = 10.0
-    svm_passes: int = 1
-    bbox_alpha: float = 1000.0
-    # feature path: "spp" pools windows from conv maps; "rcnn" warps each window to the trunk's
-    # input size with context_pad pixels of context and runs the trunk on it (detector.features.rcnn)
-    mode: str = "spp"
-    context_pad: int = 16
-    rcnn_batch_size: int = 8  # windows per trunk batch in rcnn mode
-    # test
-    nms_iou: float = 0.3
-    max_per_image: int = 100
+    nms_iou: float = 0.3  # per-class NMS threshold
+    max_per_image: int = 100  # detections kept per image, by score
     score_threshold: float = -1.5  # SVM margin below which windows are dropped before regression/NMS
     softmax_threshold: float = 1e-3  # the same for fc8 softmax probabilities
-    seed: int = 0
-    device: str = "cpu"
+
+
+SECTIONS: dict[str, type] = {
+    "proposals": ProposalConfig,
+    "sampling": SamplingConfig,
+    "finetune": FinetuneConfig,
+    "svm": SVMConfig,
+    "bbox": BoxRegressorConfig,
+    "rcnn": RCNNConfig,
+    "test": TestConfig,
+}
+
+
+@dataclass
+class Config:
+    """Every tunable of the pipeline; see the module docstring for the sections and presets."""
+
+    preset: str = "cpu"  # the preset these values started from
+    backbone: str = "efficientnet_lite0"  # registered trunk (detector.features.backbones)
+    backbone_options: dict = field(default_factory=dict)  # keyword options of the trunk's builder
+    weights: str | None = None  # trunk weights: None (the trunk's default), a path or "none"
+    levels: tuple[int, ...] | None = None  # pyramid levels; None: the backbone's default
+    scales: tuple[int, ...] = PAPER_SCALES  # short-side scales of the conv maps
+    max_side: int = 2000  # cap on the long side of a resized image (elongated images)
+    fc_width: int = 1024  # width of fc6 and fc7
+    # rank of a truncated-SVD fc6, set by tools/compress_net.py on a trained model
+    # (detector.model.compression); None: the full fc6, the only form training accepts
+    fc6_rank: int | None = None
+    dropout: float = 0.5  # after fc6 and fc7 while fine-tuning
+    # "spp" pools windows from shared conv maps; "rcnn" warps each window to the trunk's input size
+    # and runs the trunk on it (detector.features.rcnn)
+    feature_path: str = "spp"
+    seed: int = 0  # every random choice of every stage
+    device: str = "cpu"  # "cpu" or "cuda"
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    bbox: BoxRegressorConfig = field(default_factory=BoxRegressorConfig)
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)
+    test: TestConfig = field(default_factory=TestConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists)."""
+        """Plain JSON-able nested dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def flat(self) -> dict[str, Any]:
+        """Every settable key as ``name`` or ``section.name`` with its value (JSON-able)."""
+        return {k: v for k, v in flatten(self.to_dict()).items() if not k.endswith(".seed")}
+
+    def replace(self, **changes: Any) -> Config:
+        """A checked copy with ``changes`` (keys as in ``--set``, dots allowed via ``**{...}``)."""
+        return make_config(self.preset, {**self.flat(), **changes})
+
+
+# The flat keys of model files written before the config had sections, and their new names.
+LEGACY_KEYS: dict[str, str] = {
+    "proposal_mode": "proposals.method", "proposal_max_side": "proposals.max_side",
+    "workers": "proposals.workers", "bank_windows_per_image": "sampling.windows_per_image",
+    "fg_fraction": "sampling.fg_fraction", "fg_iou": "sampling.fg_iou", "bg_iou_low": "sampling.bg_low",
+    "bg_iou_high": "sampling.bg_high", "flip": "sampling.flip", "batch_size": "finetune.batch_size",
+    "lr": "finetune.lr", "lr_steps": "finetune.lr_steps", "lr_gamma": "finetune.lr_gamma",
+    "iterations": "finetune.iterations", "momentum": "finetune.momentum",
+    "weight_decay": "finetune.weight_decay", "checkpoint_every": "finetune.checkpoint_every",
+    "scorer": "test.scorer", "svm_c": "svm.C", "svm_pos_weight": "svm.pos_weight",
+    "svm_intercept_scaling": "svm.intercept_scaling", "svm_passes": "svm.passes",
+    "bbox_alpha": "bbox.alpha", "mode": "feature_path", "context_pad": "rcnn.context_pad",
+    "rcnn_batch_size": "rcnn.batch_size", "nms_iou": "test.nms_iou",
+    "max_per_image": "test.max_per_image", "score_threshold": "test.score_threshold",
+    "softmax_threshold": "test.softmax_threshold",
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "demo": {
         "backbone_options": {"feature_stride": 16},  # measured there: small synthetic shapes
-        "bank_windows_per_image": 64,
+        "sampling.windows_per_image": 64,
         "scales": (480,),
         "fc_width": 512,
-        "iterations": 1000,
-        "lr_steps": (700,),
-        "checkpoint_every": 250,
+        "finetune.iterations": 1000,
+        "finetune.lr_steps": (700,),
+        "finetune.checkpoint_every": 250,
     },
     "paper": {
         "backbone": "zf5",
         "fc_width": 4096,
         "scales": PAPER_SCALES,
-        "lr": 1e-4,
-        "lr_steps": (250_000,),
-        "iterations": 300_000,
-        "checkpoint_every": 10_000,
+        "finetune.lr": 1e-4,
+        "finetune.lr_steps": (250_000,),
+        "finetune.iterations": 300_000,
+        "finetune.checkpoint_every": 10_000,
         "device": "cuda",
     },
 }
 
 
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"svm": {"C": 1}}`` -> ``{"svm.C": 1}``; top-level keys and dotted keys pass through."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            flat.update({f"{key}.{name}": v for name, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def upgrade_legacy(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename the flat keys of a pre-section config (old model files) to their dotted names."""
+    return {LEGACY_KEYS.get(key, key): value for key, value in flatten(values).items()}
+
+
+def config_from_dict(values: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Config:
+    """The Config recorded as ``Config.to_dict()`` (or a pre-section flat dict), with ``overrides``."""
+    flat = {k: v for k, v in upgrade_legacy(values).items() if not k.endswith(".seed")}
+    preset = flat.pop("preset", "cpu")
+    return make_config(preset, {**flat, **(overrides or {})})
+
+
+def _annotation(dataclass_field: dataclasses.Field) -> str:
+    kind = dataclass_field.type
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+
 def _coerce(name: str, value: Any, annotation: str) -> Any:
     """Convert an override to the field's type or raise a ValueError naming the field."""
     try:
+        if value is None and "None" in annotation:
+            return None
         if "tuple" in annotation:
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split() if v]
             kind = float if "float" in annotation else int
-            return tuple(kind(v) for v in value) if value is not None else None
+            return tuple(kind(v) for v in value)
         if annotation.startswith("dict"):
             return dict(json.loads(value) if isinstance(value, str) else value)
         if annotation.startswith("bool"):
@@ -128,15 +240,32 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
                     raise ValueError(value)
                 return value.lower() in ("1", "true", "yes")
             return bool(value)
-        if value is None and "None" in annotation:
-            return None
         if annotation.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
             return int(value)
         if annotation.startswith("float"):
             return float(value)
         return str(value)
     except (TypeError, ValueError) as error:
         raise ValueError(f"config: bad value {value!r} for {name!r} ({annotation})") from error
+
+
+def _known_keys() -> dict[str, str]:
+    """Every settable key with its annotation."""
+    known = {f.name: _annotation(f) for f in fields(Config) if f.name not in SECTIONS}
+    for section, kind in SECTIONS.items():
+        known.update({f"{section}.{f.name}": _annotation(f) for f in fields(kind) if f.name != "seed"})
+    return known
+
+
+def _refuse_unknown(keys: set[str], known: Mapping[str, str]) -> None:
+    renamed = sorted(k for k in keys if k in LEGACY_KEYS)
+    if renamed:
+        raise ValueError("config: key(s) renamed: " + ", ".join(f"{k} is now {LEGACY_KEYS[k]}" for k in renamed))
+    unknown = sorted(keys - set(known))
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {unknown}; known keys: {sorted(known)}")
 
 
 def make_config(preset: str = "cpu", overrides: Mapping[str, Any] | None = None,
@@ -148,31 +277,69 @@ def make_config(preset: str = "cpu", overrides: Mapping[str, Any] | None = None,
     if config_file is not None:
         path = Path(config_file)
         try:
-            values.update(json.loads(path.read_text()))
+            values.update(flatten(json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"config: cannot read {path}: {error}") from error
-    explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
+    explicit = {k: v for k, v in flatten(overrides or {}).items() if v is not None}
     values.update(explicit)
     if "backbone" in explicit and "backbone_options" not in explicit and "backbone_options" in PRESETS[preset] \
             and explicit["backbone"] != PRESETS[preset].get("backbone", Config.backbone):
         del values["backbone_options"]  # a preset's trunk options belong to the preset's trunk
-    known = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    config = Config()
-    for name, value in values.items():
-        annotation = str(known[name].type)
-        setattr(config, name, _coerce(name, value, annotation))
-    if config.scorer not in ("svm", "softmax"):
-        raise ValueError(f"config: scorer must be 'svm' or 'softmax', not {config.scorer!r}")
-    if config.mode not in ("spp", "rcnn"):
-        raise ValueError(f"config: mode must be 'spp' or 'rcnn', not {config.mode!r}")
-    if config.context_pad < 0 or config.rcnn_batch_size < 1:
-        raise ValueError(f"config: context_pad must be >= 0 and rcnn_batch_size >= 1, got "
-                         f"{config.context_pad} and {config.rcnn_batch_size}")
-    if config.fc6_rank is not None and config.fc6_rank < 1:
-        raise ValueError(f"config: fc6_rank must be a positive rank or None, got {config.fc6_rank}")
-    if not config.scales or min(config.scales) <= 0:
-        raise ValueError(f"config: scales must be positive, got {config.scales}")
+    known = _known_keys()
+    _refuse_unknown(set(values), known)
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        value = _coerce(key, value, known[key])
+        section, _, name = key.rpartition(".")
+        (sections[section] if section else top)[name] = value
+    seed = top.get("seed", Config.seed)
+    try:
+        built = {name: kind(**sections[name], **({"seed": seed} if "seed" in {f.name for f in fields(kind)} else {}))
+                 for name, kind in SECTIONS.items()}
+        config = Config(**top, **built)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config: {error}") from error
+    check_config(config)
     return config
+
+
+def check_config(config: Config) -> None:
+    """Refuse settings no stage can run with, naming the key (sections check their own fields)."""
+    problems = []
+    if config.test.scorer not in SCORERS:
+        problems.append(f"test.scorer must be one of {SCORERS}, not {config.test.scorer!r}")
+    if config.feature_path not in FEATURE_PATHS:
+        problems.append(f"feature_path must be one of {FEATURE_PATHS}, not {config.feature_path!r}")
+    if config.rcnn.context_pad < 0 or config.rcnn.batch_size < 1:
+        problems.append(f"rcnn.context_pad must be >= 0 and rcnn.batch_size >= 1, got "
+                        f"{config.rcnn.context_pad} and {config.rcnn.batch_size}")
+    if config.fc6_rank is not None and config.fc6_rank < 1:
+        problems.append(f"fc6_rank must be a positive rank or None, got {config.fc6_rank}")
+    if not config.scales or min(config.scales) <= 0:
+        problems.append(f"scales must be positive, got {config.scales}")
+    if config.fc_width < 1 or config.max_side < 1 or not 0 <= config.dropout < 1:
+        problems.append(f"fc_width and max_side must be >= 1 and dropout in [0, 1), got "
+                        f"{config.fc_width}, {config.max_side}, {config.dropout}")
+    tune = config.finetune
+    if tune.batch_size < 1 or tune.iterations < 0 or tune.checkpoint_every < 1:
+        problems.append(f"finetune.batch_size and finetune.checkpoint_every must be >= 1 and "
+                        f"finetune.iterations >= 0, got {tune.batch_size}, {tune.checkpoint_every}, "
+                        f"{tune.iterations}")
+    for name in ("lr", "lr_gamma", "momentum", "weight_decay"):
+        value = getattr(tune, name)
+        if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
+            problems.append(f"finetune.{name} must be finite and {'> 0' if name == 'lr' else '>= 0'}, got {value}")
+    sampling = config.sampling
+    if sampling.windows_per_image < 1 or not 0 < sampling.fg_fraction <= 1 \
+            or not 0 <= sampling.bg_low < sampling.bg_high <= sampling.fg_iou <= 1:
+        problems.append(f"sampling: need windows_per_image >= 1, fg_fraction in (0, 1] and "
+                        f"0 <= bg_low < bg_high <= fg_iou <= 1, got {sampling}")
+    if config.proposals.max_side < 32 or config.proposals.workers < 0:
+        problems.append(f"proposals.max_side must be >= 32 and proposals.workers >= 0, got "
+                        f"{config.proposals.max_side}, {config.proposals.workers}")
+    if not 0 < config.test.nms_iou <= 1 or config.test.max_per_image < 1:
+        problems.append(f"test.nms_iou must be in (0, 1] and test.max_per_image >= 1, got "
+                        f"{config.test.nms_iou}, {config.test.max_per_image}")
+    if problems:
+        raise ValueError("config: " + "; ".join(problems))

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from svm.config import SVMConfig
 from svm.linear_svm import SVMModel, train_linear_svm
 from svm.negatives import select_negatives
 from svm.windows import ImageWindows
@@ -47,50 +48,6 @@ from svm.windows import ImageWindows
 logger = logging.getLogger(__name__)
 
 _CACHE_DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-@dataclass
-class SVMConfig:
-    """Hyper-parameters of SVM training (defaults: the paper / released code)."""
-
-    C: float = 1e-3
-    pos_weight: float = 2.0
-    intercept_scaling: float = 10.0
-    hard_threshold: float = -1.0
-    evict_threshold: float = -1.2
-    neg_iou: float = 0.3
-    neg_overlap: float = 0.7
-    passes: int = 1
-    retrain_every: int = 2000
-    max_cache_per_class: int = 20_000
-    cache_dtype: str = "float16"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (self.C > 0 and self.pos_weight > 0 and self.intercept_scaling > 0):
-            raise ValueError(
-                f"SVMConfig: C, pos_weight and intercept_scaling must be positive, got "
-                f"{self.C}, {self.pos_weight}, {self.intercept_scaling}"
-            )
-        if not self.evict_threshold < self.hard_threshold:
-            raise ValueError(
-                f"SVMConfig: evict_threshold ({self.evict_threshold}) must be below "
-                f"hard_threshold ({self.hard_threshold}), or fresh hard negatives get evicted"
-            )
-        if not (0 < self.neg_iou <= 1 and 0 < self.neg_overlap <= 1):
-            raise ValueError(
-                f"SVMConfig: neg_iou and neg_overlap must be in (0, 1], got "
-                f"{self.neg_iou}, {self.neg_overlap}"
-            )
-        if self.passes < 1 or self.retrain_every < 1 or self.max_cache_per_class < 1:
-            raise ValueError(
-                f"SVMConfig: passes, retrain_every and max_cache_per_class must be >= 1, got "
-                f"{self.passes}, {self.retrain_every}, {self.max_cache_per_class}"
-            )
-        if self.cache_dtype not in _CACHE_DTYPES:
-            raise ValueError(
-                f"SVMConfig: cache_dtype must be one of {sorted(_CACHE_DTYPES)}, got {self.cache_dtype!r}"
-            )
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from detector.config import make_config
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
-from detector.engine.test import evaluate_on_split
+from detector.engine.test import test_detector
 from detector.engine.train import train_detector, training_windows
 from detector.features.backbones import build_backbone
 from detector.features.convmaps import ConvMap, ConvMapCache
@@ -119,7 +119,7 @@ def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
     assert model.classes == train.classes and model.svm is not None and model.regressor is not None
     test = load_voc(tiny_demo, "test", classes=model.classes)
     model.attach_dataset(tiny_demo)
-    metrics = evaluate_on_split(model, test, tmp_path / "out", progress=False)
+    metrics = test_detector(model, test, tmp_path / "out", progress=False)
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(written["ap"]) == set(model.classes)
     assert 0.0 <= written["mAP"] <= 1.0 and written["mAP"] == pytest.approx(metrics["mAP"])

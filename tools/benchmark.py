@@ -1,67 +1,6 @@
 #!/usr/bin/env python
-"""Time SPP-net against R-CNN on the same trunk, head and windows, at 1 and at 5 scales.
-
-    python tools/benchmark.py [--voc-root ROOT --split SPLIT] [--images N] [--model DIR/model.pt]
-                              [--json FILE] [--threads T] [--fc6-rank R]
-
-Prints, per scale set, seconds per image for every stage of both modes, the feature-stage and
-whole-test speed-ups beside the pixel ratio, peak memory and conv-map cache bytes per image.
-Without --model an untrained head is used (trunk, pooling and fc timings do not depend on its
-weights; scoring, regression and NMS do).  With no --voc-root it uses the demo dataset's test split.
-With --fc6-rank R, SPP mode is also timed with fc6 compressed to rank R (tools/compress_net.py),
-side by side with the exact head.
-"""
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model  # noqa: E402
-from detector.cli.common import add_dataset_arguments, dataset_from_args, setup_logging  # noqa: E402
-from detector.config import make_config  # noqa: E402
-from detector.core.runtime import keep_freed_memory  # noqa: E402
-from detector.model.detector import load_model  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_arguments(parser, default_demo_split="test")
-    parser.add_argument("--images", type=int, default=10,
-                        help="images to time (default 10, the first of the split)")
-    parser.add_argument("--model", type=Path,
-                        help="model.pt written by tools/train_det.py (default: untrained head)")
-    parser.add_argument("--json", type=Path,
-                        help="also write the tables as JSON, keyed by the number of scales")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both modes (default 1)")
-    parser.add_argument("--fc6-rank", type=int,
-                        help="also time SPP mode with fc6 compressed to this rank (truncated SVD)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args()
-    if args.images < 1 or args.threads < 1:
-        parser.error("--images and --threads must be at least 1")
-    setup_logging()
-    keep_freed_memory()
-    try:
-        model = load_model(args.model) if args.model is not None else None
-        dataset = dataset_from_args(args, default_demo_split="test",
-                                    classes=model.classes if model is not None else None)
-        if model is None:
-            model = fresh_model(dataset.classes, make_config("cpu"))
-        results = benchmark_modes(model, dataset, args.images, threads=args.threads,
-                                  progress=not args.quiet, fc6_rank=args.fc6_rank)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"benchmark.py: {error}") from error
-    print(format_benchmark(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
-        print(f"wrote {args.json}")
-
+"""Time SPP-net against R-CNN on the same trunk, head and windows, at 1 and at 5 scales (``detector.cli.benchmark``)."""
+from detector.cli.benchmark import main
 
 if __name__ == "__main__":
     main()

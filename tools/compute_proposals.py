@@ -1,36 +1,6 @@
 #!/usr/bin/env python
-"""Compute (or complete) the selective search proposal cache of one split of a VOC dataset."""
-from __future__ import annotations
-
-import argparse
-import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.cli.common import add_proposal_arguments, proposal_cache_from_args  # noqa: E402
-from detector.data.voc import load_voc  # noqa: E402
-from proposals.cache import compute_proposals  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_proposal_arguments(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    dataset = load_voc(args.voc_root, args.split)
-    cache = proposal_cache_from_args(args)
-    report = compute_proposals(dataset.records, cache, args.workers, args.mode, args.max_side)
-    print(f"cache: {cache.folder}")
-    print(f"images: {report.computed} computed, {report.skipped} already cached, {len(report.failed)} failed"
-          + (f" ({', '.join(report.failed[:10])}{', ...' if len(report.failed) > 10 else ''})" if report.failed else ""))
-    if report.computed:
-        print(f"time: {report.wall_seconds:.1f} s wall with {report.workers} worker(s) = "
-              f"{report.wall_seconds_per_image:.3f} s per image")
-    sys.exit(1 if report.failed else 0)
-
+"""Compute (or complete) the selective search proposal cache of one split of a VOC dataset (``detector.cli.compute_proposals``)."""
+from detector.cli.compute_proposals import main
 
 if __name__ == "__main__":
     main()

@@ -1,39 +1,6 @@
-"""Build (or reuse) the embedded demo dataset in VOC layout and say where it is."""
-from __future__ import annotations
-
-import argparse
-import logging
-import sys
-import time
-from pathlib import Path
-
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.data.demo import DEMO_CLASSES, default_demo_root, make_demo_dataset  # noqa: E402
-from detector.data.voc import load_voc  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", type=Path, default=None,
-                        help=f"output folder (default {default_demo_root()})")
-    parser.add_argument("--train", type=int, default=240, help="number of training images")
-    parser.add_argument("--test", type=int, default=120, help="number of test images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    started = time.perf_counter()
-    root = make_demo_dataset(args.root, n_train=args.train, n_test=args.test, seed=args.seed)
-    print(f"demo dataset at {root} ({time.perf_counter() - started:.1f} s)")
-    for split in ("train", "test"):
-        dataset = load_voc(root, split, DEMO_CLASSES)
-        labels = np.concatenate([record.labels for record in dataset.records])
-        per_class = dict(zip(dataset.classes, np.bincount(labels, minlength=len(dataset.classes)).tolist()))
-        print(f"  {split}: {len(dataset.records)} images, {len(labels)} objects, per class {per_class}")
-
+#!/usr/bin/env python
+"""Build (or reuse) the embedded demo dataset in VOC layout and say where it is (``detector.cli.make_demo_data``)."""
+from detector.cli.make_demo_data import main
 
 if __name__ == "__main__":
     main()

@@ -1,41 +1,6 @@
 #!/usr/bin/env python
-"""Train an SPP-net detector: proposals, conv maps, fine-tuning, SVMs, box regression -> DIR/model.pt."""
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.cli.common import (  # noqa: E402
-    add_config_arguments,
-    add_dataset_arguments,
-    config_from_args,
-    dataset_from_args,
-    setup_logging,
-)
-from detector.core.runtime import keep_freed_memory  # noqa: E402
-from detector.engine.train import train_detector  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_dataset_arguments(parser, default_demo_split="train")
-    add_config_arguments(parser)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args()
-    setup_logging()
-    keep_freed_memory()
-    config = config_from_args(args)
-    dataset = dataset_from_args(args, default_demo_split="train")
-    try:
-        model_path = train_detector(dataset, config, args.out, progress=not args.quiet)
-    except ValueError as error:  # bad input: the message names the value or file
-        raise SystemExit(f"train_det.py: {error}") from error
-    print(f"wrote {model_path}")
-
+"""Train an SPP-net detector: proposals, conv maps, fine-tuning, SVMs, box regression -> DIR/model.pt (``detector.cli.train_det``)."""
+from detector.cli.train_det import main
 
 if __name__ == "__main__":
     main()

@@ -58,20 +58,15 @@ import torch
 from tqdm import tqdm
 
 from detector.config import PAPER_SCALES, Config
-from detector.core.detections import Detections, ImageDetections
 from detector.core.records import ImageRecord
 from detector.core.runtime import release_freed_memory
 from detector.core.timing import STAGES, StageTimer
 from detector.data.voc import VOCDataset
-from detector.evaluation.voc_eval import evaluate_detections
-from detector.features.backbones import build_backbone
-from detector.features.convmaps import ConvMapCache, ConvMapProvider
+from detector.evaluation.evaluator import VOCEvaluator
 from detector.features.geometry import image_scale_factor, resized_size
-from detector.features.spp import SpatialPyramidPooling
-from detector.head.fc import SPPHead
 from detector.inference.detect import detect
 from detector.model.compression import compress_model
-from detector.model.detector import DetectorModel
+from detector.model.detector import DetectorModel, build_detector
 from proposals.cache import ProposalCache, compute_proposals, default_cache_folder, search_timings
 
 log = logging.getLogger(__name__)
@@ -88,13 +83,9 @@ def fresh_model(classes: Sequence[str], config: Config) -> DetectorModel:
     do (an untrained head lets every window through the score threshold, and there is no box
     regressor), so a trained model gives the representative figures for those stages.
     """
-    backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_options)
-    backbone.to(config.device).eval()
-    spp = SpatialPyramidPooling(config.levels or backbone.levels)
-    head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(classes),
-                   config.dropout, config.seed, config.fc6_rank).to(config.device).eval()
-    config = dataclasses.replace(config, scorer="softmax")
-    return DetectorModel(list(classes), config, backbone, spp, head, None, None)
+    model = build_detector(config.replace(**{"test.scorer": "softmax"}), classes)
+    model.head.eval()
+    return model
 
 
 def trunk_pixels(record: ImageRecord, windows: int, scales: Sequence[int], max_side: int,
@@ -122,11 +113,6 @@ def _release_memory() -> None:
     release_freed_memory()
 
 
-def _finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: an undefined AP (class absent from the images) becomes None."""
-    return float(value) if np.isfinite(value) else None
-
-
 def _reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -144,15 +130,19 @@ class ModeRun:
     timer: StageTimer = dataclasses.field(default_factory=StageTimer)
     peak_kib: int = 0
     rise_kib: int = 0
-    found: list[tuple[ImageRecord, ImageDetections]] = dataclasses.field(default_factory=list)
+    evaluator: VOCEvaluator | None = None
+
+    def __post_init__(self) -> None:
+        self.evaluator = VOCEvaluator(self.model.classes, use_07_metric=True, coco=False)
 
     def run(self, record: ImageRecord, proposals: np.ndarray) -> None:
         """Timed: detect on one image, heap kept warm."""
-        self.found.append((record, detect(self.model, record, proposals, self.timer)))
+        found = detect(self.model, record, proposals, self.timer)
+        self.evaluator.process(record, found)
 
     def measure_memory(self, record: ImageRecord, proposals: np.ndarray, folder: Path) -> None:
         """Untimed: detect on one image from an empty heap and conv-map folder, recording the peak."""
-        model = _mode_view(self.model, self.model.config.mode, self.model.scales, folder)
+        model = _mode_view(self.model, self.model.config.feature_path, self.model.scales, folder)
         _release_memory()
         measured = _reset_peak()
         start = _status_kib("VmRSS")
@@ -164,18 +154,8 @@ class ModeRun:
 
     def accuracy(self) -> dict:
         """VOC07 mAP and AP per class of this mode's detections on the images it ran."""
-        classes = self.model.classes
-        parts: dict[int, list[Detections]] = {k: [] for k in range(len(classes))}
-        for record, found in self.found:
-            for k in np.unique(found.labels):
-                rows = found.labels == k
-                parts[int(k)].append(Detections([record.image_id] * int(rows.sum()),
-                                                found.scores[rows], found.boxes[rows]))
-        detection_set = {classes[k]: Detections.concat(p) if p else Detections.empty()
-                         for k, p in parts.items()}
-        result = evaluate_detections(detection_set, [r for r, _ in self.found], classes, True)
-        return {"mAP": _finite_or_none(result.mAP),
-                "ap": {name: _finite_or_none(value) for name, value in result.ap.items()}}
+        metrics = self.evaluator.evaluate()
+        return {"mAP": metrics["mAP"], "ap": metrics["ap"]}
 
     def memory_mb(self) -> dict[str, float] | None:
         if not self.peak_kib:
@@ -183,20 +163,17 @@ class ModeRun:
         return {"peak_rss_mb": self.peak_kib / 1024, "rise_mb": self.rise_kib / 1024}
 
 
-def _mode_view(model: DetectorModel, mode: str, scales: Sequence[int], folder: Path) -> DetectorModel:
-    """The model with another mode and scales, its conv maps cached in ``folder``."""
-    config = dataclasses.replace(model.config, mode=mode, scales=tuple(scales))
-    view = dataclasses.replace(model, config=config)
-    view.provider = ConvMapProvider(model.backbone, ConvMapCache(folder), config.max_side, config.device)
-    return view
+def _mode_view(model: DetectorModel, feature_path: str, scales: Sequence[int], folder: Path) -> DetectorModel:
+    """The model with another feature path and scales, its conv maps cached in ``folder``."""
+    return model.with_config(model.config.replace(feature_path=feature_path, scales=tuple(scales)), folder)
 
 
 def cached_proposals(dataset: VOCDataset, records: Sequence[ImageRecord], config: Config,
                      progress: bool = True) -> tuple[dict[str, np.ndarray], float]:
     """Proposals of ``records`` from the dataset's default cache (computing missing ones), and the
     mean selective-search CPU seconds per image recorded in it."""
-    cache = ProposalCache(default_cache_folder(dataset.root, config.proposal_mode, config.proposal_max_side))
-    compute_proposals(records, cache, config.workers, config.proposal_mode, config.proposal_max_side,
+    cache = ProposalCache(default_cache_folder(dataset.root, config.proposals.method, config.proposals.max_side))
+    compute_proposals(records, cache, config.proposals.workers, config.proposals.method, config.proposals.max_side,
                       progress)
     found = {r.image_id: cache.load(r.image_id, (r.width, r.height)) for r in records}
     found = {k: v for k, v in found.items() if v is not None}
@@ -239,7 +216,7 @@ def _benchmark(model: DetectorModel, compressed: DetectorModel | None, dataset: 
                for key, scales in scale_sets.items()} if compressed is not None else {}
         runs = [rcnn, *spp.values(), *svd.values()]
         for run in runs:  # untimed warm-up on a few windows, maps cached elsewhere
-            warm = _mode_view(run.model, run.model.config.mode, run.model.scales, folder / "warm-up")
+            warm = _mode_view(run.model, run.model.config.feature_path, run.model.scales, folder / "warm-up")
             detect(warm, records[0], proposals[records[0].image_id][:WARM_UP_WINDOWS], StageTimer())
         for record in tqdm(records, desc="benchmark", disable=not progress, unit="img"):
             for run in runs:

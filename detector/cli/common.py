@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from detector.config import PRESETS, Config, make_config
+from detector.config import FEATURE_PATHS, PRESETS, Config, make_config
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import VOCDataset, load_voc
 from proposals.cache import ProposalCache, default_cache_folder
@@ -30,11 +30,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                              "paper's GPU schedule")
     parser.add_argument("--config", type=Path, help="JSON file of config overrides")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. --set iterations=2000 fc_width=512")
+                        help="config overrides as KEY=VALUE, KEY a top-level name or SECTION.NAME, "
+                             "e.g. --set finetune.iterations=2000 svm.C=0.01 fc_width=512")
     parser.add_argument("--backbone", help="trunk name (efficientnet_lite0, zf5, alexnet, vgg16)")
     parser.add_argument("--weights", help="trunk weights: a file, 'imagenet' or 'none'")
     parser.add_argument("--scales", nargs="+", type=int, help="short-side scales, e.g. 688 or 480 576 688 864 1200")
-    parser.add_argument("--mode", choices=("spp", "rcnn"),
+    parser.add_argument("--feature-path", choices=FEATURE_PATHS,
                         help="spp: pool windows from shared conv maps (default); rcnn: warp each "
                              "window to 224x224 and run the trunk on it, as R-CNN")
     parser.add_argument("--seed", type=int)
@@ -47,14 +48,14 @@ def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voc-root", required=True, type=Path, help="dataset folder in the VOC layout")
     parser.add_argument("--split", required=True, help="split name (ImageSets/Main/<split>.txt)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for missing proposals (default 2)")
-    parser.add_argument("--mode", choices=MODES, default="fast", help="selective search mode (default fast)")
+    parser.add_argument("--method", choices=MODES, default="fast", help="selective search mode (default fast)")
     parser.add_argument("--max-side", type=int, default=500, help="longest side searched (default 500)")
     parser.add_argument("--cache-dir", type=Path, help="cache folder (default: the dataset's cache for this mode)")
 
 
 def proposal_cache_from_args(args: argparse.Namespace) -> ProposalCache:
     """The proposal cache named by ``add_proposal_arguments``' options."""
-    return ProposalCache(args.cache_dir or default_cache_folder(args.voc_root, args.mode, args.max_side))
+    return ProposalCache(args.cache_dir or default_cache_folder(args.voc_root, args.method, args.max_side))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -65,9 +66,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key] = value
-    for key in ("backbone", "weights", "scales", "mode", "seed", "device", "workers"):
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
+    shortcuts = {"backbone": "backbone", "weights": "weights", "scales": "scales", "feature_path": "feature_path",
+                 "seed": "seed", "device": "device", "workers": "proposals.workers"}
+    for attribute, key in shortcuts.items():
+        if getattr(args, attribute, None) is not None:
+            overrides[key] = getattr(args, attribute)
     preset = args.preset or ("cpu" if args.voc_root is not None else "demo")
     try:
         return make_config(preset, overrides, args.config)
@@ -75,10 +78,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise SystemExit(str(error)) from error
 
 
+def dataset_root_from_args(args: argparse.Namespace) -> Path:
+    """The dataset folder named by --voc-root, or the demo dataset's (built when missing)."""
+    return args.voc_root if args.voc_root is not None else make_demo_dataset()
+
+
 def dataset_from_args(args: argparse.Namespace, default_demo_split: str,
                       classes: list[str] | None = None) -> VOCDataset:
     """Load the split named by the arguments (building the demo dataset when none is named)."""
-    root = args.voc_root if args.voc_root is not None else make_demo_dataset()
+    root = dataset_root_from_args(args)
     split = args.split or ("train" if args.voc_root is not None else default_demo_split)
     try:
         return load_voc(root, split, classes or args.classes)

@@ -17,10 +17,11 @@ import torch
 from torchvision.ops import batched_nms
 
 from detector.core.detections import Detections
+from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
+from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import (
     METRICS_FILE,
-    evaluate_detection_set,
     read_result_files,
     result_file,
     write_json_atomic,
@@ -85,6 +86,13 @@ def cap_per_image(detection_set: dict[str, Detections], max_per_image: int) -> d
     return out
 
 
+def _evaluate(records: Sequence[ImageRecord], detection_set: dict[str, Detections], classes: Sequence[str],
+              use_07_metric: bool) -> dict:
+    evaluator = VOCEvaluator(classes, use_07_metric)
+    evaluator.process_set(records, detection_set)
+    return evaluator.evaluate()
+
+
 def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path], out_dir: Path,
                          nms_iou: float = 0.3, max_per_image: int = 100,
                          use_07_metric: bool = True) -> dict:
@@ -96,12 +104,12 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     dataset = load_voc(voc_root, split, classes)
     ids = [r.image_id for r in dataset.records]
     sets = [read_result_files(d, split, classes, image_ids=ids) for d in result_dirs]
-    inputs = {str(d): evaluate_detection_set(s, dataset.records, classes, use_07_metric)["mAP"]
+    inputs = {str(d): _evaluate(dataset.records, s, classes, use_07_metric)["mAP"]
               for d, s in zip(result_dirs, sets)}
     merged = cap_per_image({c: merge_detections([s[c] for s in sets], nms_iou) for c in classes},
                            max_per_image)
     write_result_files(out_dir, split, merged, classes)
-    metrics = {"split": split, **evaluate_detection_set(merged, dataset.records, classes, use_07_metric),
+    metrics = {"split": split, **_evaluate(dataset.records, merged, classes, use_07_metric),
                "inputs": inputs}
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics

@@ -5,7 +5,7 @@ Stages: proposals (per-image cache) -> conv maps (per image, scale and flip) -> 
 (``classifiers.pt``) -> ``model.pt``.  The SVMs see fc7 features computed image by image from
 the cached maps and never all windows at once; the box regressors are fed during the SVMs'
 first pass from the same pooled features, so no window is pooled twice.  In R-CNN mode
-(``config.mode == "rcnn"``) there are no conv maps: every stage warps its windows and runs the
+(``config.feature_path == "rcnn"``) there are no conv maps: every stage warps its windows and runs the
 trunk on each (``detector.features.rcnn``).
 """
 from __future__ import annotations
@@ -17,26 +17,28 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from bbox_regression.ridge import BoxRegressor, BoxRegressorConfig, BoxRegressorTrainer
+from bbox_regression.ridge import BoxRegressor, BoxRegressorTrainer
 from bbox_regression.training_pairs import select_training_pairs
 from detector.config import Config
 from detector.core.io import save_checkpoint, write_json_atomic
-from detector.core.runtime import mapping_large_blocks, peak_rss_mib, release_freed_memory, trimming
+from detector.core.paths import cache_root
+from detector.core.runtime import (
+    mapping_large_blocks,
+    peak_rss_mib,
+    release_freed_memory,
+    trimming,
+)
 from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows, build_windows
 from detector.data.voc import VOCDataset
-from detector.features.backbones import build_backbone
 from detector.features.rcnn import RCNNFeatures
-from detector.features.spp import SpatialPyramidPooling
-from detector.head.fc import SPPHead
 from detector.head.finetune import PoolingContext, finetune
 from detector.inference.detect import window_features
-from detector.model.detector import DetectorModel, conv_map_provider, save_model
+from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.cache import load_or_compute_proposals
 from svm.feature_scale import estimate_feature_scale
-from svm.mining import SVMConfig, SVMModel, train_svms
+from svm.mining import SVMModel, train_svms
 from svm.windows import ImageWindows as SVMWindows
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,8 @@ log = logging.getLogger(__name__)
 
 def training_windows(dataset: VOCDataset, config: Config, progress: bool = True) -> list[ImageWindows]:
     """Proposals of every image (computed in parallel and cached) stacked under its GT boxes."""
-    proposals = load_or_compute_proposals(dataset.root, dataset.records, config.proposal_mode, config.proposal_max_side,
-                                          config.workers, progress)
+    proposals = load_or_compute_proposals(dataset.root, dataset.records, config.proposals.method, config.proposals.max_side,
+                                          config.proposals.workers, progress)
     return [build_windows(r, proposals[r.image_id]) for r in dataset.records if r.image_id in proposals]
 
 
@@ -79,7 +81,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
-    regression = BoxRegressorTrainer(BoxRegressorConfig(alpha=config.bbox_alpha, seed=config.seed))
+    regression = BoxRegressorTrainer(config.bbox)
     passes_started = 0
 
     def one_pass() -> Iterator[SVMWindows]:
@@ -96,9 +98,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
             yield SVMWindows(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
                              record.labels, record.difficult)
 
-    svm_config = SVMConfig(C=config.svm_c, pos_weight=config.svm_pos_weight,
-                           intercept_scaling=config.svm_intercept_scaling, passes=config.svm_passes)
-    svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, svm_config,
+    svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
                      progress=progress)
     return svm, regression, svm.training_stats or {}
 
@@ -125,33 +125,26 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
         raise ValueError(f"no usable training image in {dataset.root} split {dataset.split}")
     end_stage("proposals", start)
 
-    backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_options)
-    backbone.to(config.device).eval()
-    spp = SpatialPyramidPooling(config.levels or backbone.levels)
-    provider = conv_map_provider(backbone, config, dataset.root)
+    model = build_detector(config, dataset.classes, cache_root(dataset.root))
+    backbone, spp, provider = model.backbone, model.spp, model.conv_maps
     stage = time.perf_counter()
-    flips = (False, True) if config.flip else (False,)
+    flips = (False, True) if config.sampling.flip else (False,)
     map_stats = {"bytes_per_image": 0.0}
-    if config.mode == "spp":
+    if config.feature_path == "spp":
         map_stats = provider.precompute([w.record for w in train], config.scales, flips, progress,
                                         desc="conv maps (train)")
         log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
                  map_stats["bytes_per_image"], len(config.scales), len(flips))
     end_stage("conv_maps", stage)
 
-    head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes),
-                   config.dropout, config.seed)
-    if backbone.pretrained_fc is not None:
-        head.load_pretrained_fc(backbone.pretrained_fc)
-    rcnn = RCNNFeatures.from_config(backbone, spp, config) if config.mode == "rcnn" else None
+    rcnn = RCNNFeatures.from_config(backbone, spp, config) if config.feature_path == "rcnn" else None
     context = PoolingContext(provider, spp, backbone.geometry, tuple(config.scales),
                              normalise=backbone.pretrained_fc is None, rcnn=rcnn)
     stage = time.perf_counter()
-    finetune_stats = finetune(head, context, train, dataset.classes, config,
+    finetune_stats = finetune(model.head, context, train, dataset.classes, config,
                               out_dir / "finetune.pt", progress)
     end_stage("finetune", stage)
 
-    model = DetectorModel(list(dataset.classes), config, backbone, spp, head, None, None, provider)
     classifiers_path = out_dir / "classifiers.pt"
     stage = time.perf_counter()
     if classifiers_path.exists():
@@ -179,5 +172,5 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding
     for name, seconds in timings.items():
         peak = f"   peak RSS so far {peak_rss[name]:7.0f} MiB" if name in peak_rss else ""
-        tqdm.write(f"  {name:>20s}: {seconds:8.1f} s{peak}")
+        log.info("%20s: %8.1f s%s", name, seconds, peak)
     return model_path

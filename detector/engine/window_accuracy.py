@@ -8,6 +8,7 @@ mean per-label recall (balanced accuracy; chance is 1 / number of labels).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows
-from detector.head.sampling import SamplingConfig, sample_windows
+from detector.head.sampling import sample_windows
 from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel
 
@@ -25,8 +26,7 @@ def window_accuracy(model: DetectorModel, images: Sequence[ImageWindows], seed: 
                     windows_per_image: int = 64, progress: bool = True) -> dict[str, float]:
     """fc8 accuracy on windows sampled from ``images`` (held out from training)."""
     config = model.config
-    sampling = SamplingConfig(windows_per_image, config.fg_fraction, config.fg_iou,
-                              config.bg_iou_low, config.bg_iou_high)
+    sampling = dataclasses.replace(config.sampling, windows_per_image=windows_per_image)
     rng = np.random.default_rng(seed)
     predicted, truth = [], []
     for windows in tqdm(images, desc="window accuracy", disable=not progress, unit="img"):

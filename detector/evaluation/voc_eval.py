@@ -186,7 +186,7 @@ def evaluate_detections(
     return EvalResult(ap, float(np.mean(defined)) if defined else math.nan)
 
 
-def _json_number(value: float) -> float | None:
+def json_number(value: float) -> float | None:
     """A float for JSON: NaN (undefined) becomes None (null)."""
     return None if math.isnan(value) else float(value)
 
@@ -204,9 +204,9 @@ def evaluate_detection_set(
     return {
         "metric": "voc07" if use_07_metric else "voc10",
         "num_images": len(records),
-        "mAP": _json_number(voc.mAP),
-        "ap": {name: _json_number(value) for name, value in voc.ap.items()},
-        "coco": {name: _json_number(value) for name, value in coco.items()},
+        "mAP": json_number(voc.mAP),
+        "ap": {name: json_number(value) for name, value in voc.ap.items()},
+        "coco": {name: json_number(value) for name, value in coco.items()},
     }
 
 

@@ -107,7 +107,9 @@ def compute_conv_map(backbone: Backbone, image: np.ndarray, scale: int, flip: bo
 class ConvMapProvider:
     """Loads maps from the cache, computing (and caching) any that are missing or broken."""
 
-    def __init__(self, backbone: Backbone, cache: ConvMapCache, max_side: int, device: str = "cpu"):
+    def __init__(self, backbone: Backbone, cache: ConvMapCache | None, max_side: int, device: str = "cpu"):
+        """``cache`` None: maps are computed on every call and kept nowhere (a single image, a
+        user's photo: nothing of a dataset's cache is touched)."""
         self.backbone = backbone
         self.cache = cache
         self.max_side = max_side
@@ -115,18 +117,24 @@ class ConvMapProvider:
 
     def get(self, record: ImageRecord, scale: int, flip: bool,
             image: np.ndarray | None = None) -> ConvMap:
-        conv_map = self.cache.load(record.image_id, scale, flip)
+        conv_map = self._cached(record, scale, flip)
         if conv_map is None:
             image = load_image(record.path) if image is None else image
             conv_map = compute_conv_map(self.backbone, image, scale, flip, self.max_side, self.device)
-            self.cache.save(record.image_id, scale, flip, conv_map)
+            if self.cache is not None:
+                self.cache.save(record.image_id, scale, flip, conv_map)
         return conv_map
 
-    def get_scales(self, record: ImageRecord, scales: Sequence[int], flip: bool) -> list[ConvMap]:
-        """Maps of one image at every scale, decoding the image at most once."""
-        maps: list[ConvMap | None] = [self.cache.load(record.image_id, s, flip) for s in scales]
+    def _cached(self, record: ImageRecord, scale: int, flip: bool) -> ConvMap | None:
+        return self.cache.load(record.image_id, scale, flip) if self.cache is not None else None
+
+    def get_scales(self, record: ImageRecord, scales: Sequence[int], flip: bool,
+                   image: np.ndarray | None = None) -> list[ConvMap]:
+        """Maps of one image at every scale, decoding the image at most once (``image``: its
+        RGB pixels when already in memory)."""
+        maps: list[ConvMap | None] = [self._cached(record, s, flip) for s in scales]
         if any(m is None for m in maps):
-            image = load_image(record.path)
+            image = load_image(record.path) if image is None else image
             maps = [m if m is not None else self.get(record, s, flip, image)
                     for m, s in zip(maps, scales)]
         return maps  # type: ignore[return-value]
@@ -138,6 +146,8 @@ class ConvMapProvider:
 
         An image that cannot be read is logged (naming the file) and skipped.
         """
+        if self.cache is None:
+            raise ValueError("precompute needs a conv-map cache folder")
         records = list(records)
         computed = failed = 0
         total_bytes = 0

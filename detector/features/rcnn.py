@@ -154,7 +154,7 @@ class RCNNFeatures:
     def from_config(cls, backbone: Backbone, spp: SpatialPyramidPooling,
                     config: Config) -> "RCNNFeatures":
         """The path with the configuration's context, batch size and device."""
-        return cls(backbone, spp, config.context_pad, config.rcnn_batch_size, config.device)
+        return cls(backbone, spp, config.rcnn.context_pad, config.rcnn.batch_size, config.device)
 
     def pool(self, image: np.ndarray, boxes: np.ndarray, flip: bool = False,
              timer: StageTimer | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from detector.config import Config
+from detector.config import Config, SamplingConfig
 from detector.core.boxes import flip_boxes
 from detector.core.io import save_checkpoint
 from detector.core.windows import ImageWindows
@@ -34,7 +34,7 @@ from detector.features.pooling import pool_windows
 from detector.features.rcnn import RCNNFeatures
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
-from detector.head.sampling import SamplingConfig, sample_windows
+from detector.head.sampling import sample_windows
 
 log = logging.getLogger(__name__)
 
@@ -146,31 +146,30 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     params = [p for name, p in head.named_parameters() if name.startswith(("fc6", "fc7", "fc8"))]
     # fused: one kernel per step instead of a chain of foreach ops, the same update; on this
     # 2-core CPU a 16000 x 1024 fc6 step went from 244 ms to 158 ms per iteration
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, fused=True)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_steps), config.lr_gamma)
+    optimizer = torch.optim.SGD(params, lr=config.finetune.lr, momentum=config.finetune.momentum,
+                                weight_decay=config.finetune.weight_decay, fused=True)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.finetune.lr_steps), config.finetune.lr_gamma)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     state = None
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        check_compatible(state, classes, config.backbone, config.mode)
-        if state["iteration"] >= config.iterations:
+        check_compatible(state, classes, config.backbone, config.feature_path)
+        if state["iteration"] >= config.finetune.iterations:
             head.load_state_dict(state["head"])
             head.eval()
             log.info("fine-tuning: %s is complete (%d iterations); reusing it",
                      checkpoint_path, state["iteration"])
             return {"iterations": 0, "seconds": 0.0, "reused": str(checkpoint_path)}
     started = time.perf_counter()
-    sampling = SamplingConfig(config.bank_windows_per_image, config.fg_fraction,
-                              config.fg_iou, config.bg_iou_low, config.bg_iou_high)
-    flips = (False, True) if config.flip else (False,)
+    sampling = config.sampling
+    flips = (False, True) if config.sampling.flip else (False,)
     bank = build_window_bank(context, train, sampling, flips, np.random.default_rng(config.seed),
                              progress)
     bank_seconds = time.perf_counter() - started
     if len(bank.foreground) == 0:
         raise ValueError("fine-tuning: no window overlaps a GT box by IoU >= "
-                         f"{config.fg_iou}; check the annotations and proposals")
+                         f"{config.sampling.fg_iou}; check the annotations and proposals")
     start = 0
     if state is not None:
         head.load_state_dict(state["head"])
@@ -195,10 +194,10 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
 
     losses: list[float] = []
     correct = seen = 0
-    bar = tqdm(range(start, config.iterations), desc="fine-tuning", disable=not progress,
-               initial=start, total=config.iterations, unit="it")
+    bar = tqdm(range(start, config.finetune.iterations), desc="fine-tuning", disable=not progress,
+               initial=start, total=config.finetune.iterations, unit="it")
     for iteration in bar:
-        x, y = bank.draw(config.batch_size, config.fg_fraction, rng)
+        x, y = bank.draw(config.finetune.batch_size, config.sampling.fg_fraction, rng)
         x, y = x.to(device), y.to(device)
         logits = head(x)
         loss = F.cross_entropy(logits, y)
@@ -213,11 +212,11 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
                             lr=f"{schedule.get_last_lr()[0]:.0e}")
             correct = seen = 0
-        if (iteration + 1) % config.checkpoint_every == 0:
+        if (iteration + 1) % config.finetune.checkpoint_every == 0:
             checkpoint(iteration + 1)
-    checkpoint(config.iterations)
+    checkpoint(config.finetune.iterations)
     head.eval()
-    return {"iterations": config.iterations - start, "seconds": time.perf_counter() - started,
+    return {"iterations": config.finetune.iterations - start, "seconds": time.perf_counter() - started,
             "bank_seconds": bank_seconds, "bank_windows": len(bank.labels),
             "bank_foreground": len(bank.foreground),
             "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}

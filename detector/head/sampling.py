@@ -7,22 +7,10 @@ from [0, ``bg_high``) instead, so every image still contributes negatives.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from detector.config import SamplingConfig
 from detector.core.windows import ImageWindows
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How one image's share of a mini-batch is drawn."""
-
-    windows_per_image: int = 64
-    fg_fraction: float = 0.25
-    fg_iou: float = 0.5
-    bg_low: float = 0.1
-    bg_high: float = 0.5
 
 
 def sample_windows(windows: ImageWindows, config: SamplingConfig,

@@ -1,6 +1,6 @@
 """Detection on one image: conv maps, pooling, fc, scoring, box regression, NMS.
 
-In R-CNN mode (``config.mode == "rcnn"``) each window is warped and run through the trunk
+In R-CNN mode (``config.feature_path == "rcnn"``) each window is warped and run through the trunk
 instead (``detector.features.rcnn``): the trunk time counts as ``conv``, the pyramid pooling of the
 warped windows' maps as ``pooling``; the later stages are the same.
 
@@ -51,13 +51,13 @@ def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray
     """Pooled pyramid features and fc7 features of the windows, each at its best scale and
     computed once per distinct window (SPP mode), or each from its own warped trunk pass
     (R-CNN mode)."""
-    if model.config.mode == "rcnn":
+    if model.config.feature_path == "rcnn":
         pooled = RCNNFeatures.from_config(model.backbone, model.spp, model.config).pool_record(
             record, boxes, timer=timer)
         rows = np.arange(len(pooled), dtype=np.int64)
     else:
         with timer.stage("conv"):
-            maps = model.provider.get_scales(record, model.scales, flip=False)
+            maps = model.conv_maps.get_scales(record, model.scales, flip=False)
         with timer.stage("pooling"):
             scale_index = select_scales(boxes, record.height, record.width, model.scales,
                                         model.config.max_side)
@@ -74,7 +74,7 @@ def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray
 
 def score_windows(model: DetectorModel, fc7: torch.Tensor) -> np.ndarray:
     """Scores (N x K) of every window for every class: SVM margins or softmax probabilities."""
-    if model.config.scorer == "svm":
+    if model.config.test.scorer == "svm":
         return model.svm.scores(fc7.numpy())
     with torch.inference_mode():
         device = next(model.head.parameters()).device
@@ -89,8 +89,8 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
     features = window_features(model, record, boxes, timer)
     with timer.stage("scoring"):
         scores = score_windows(model, features.fc7)[features.rows]
-        threshold = (model.config.score_threshold if model.config.scorer == "svm"
-                     else model.config.softmax_threshold)
+        threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"
+                     else model.config.test.softmax_threshold)
         rows, classes = np.nonzero(scores > threshold)
         kept_scores = scores[rows, classes]
     with timer.stage("regression"):
@@ -103,8 +103,8 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
     with timer.stage("nms"):
         keep = batched_nms(torch.from_numpy(np.ascontiguousarray(kept_boxes, np.float32)),
                            torch.from_numpy(kept_scores.astype(np.float32)),
-                           torch.from_numpy(classes), model.config.nms_iou).numpy()
-        keep = keep[: model.config.max_per_image]  # batched_nms returns indices by score
+                           torch.from_numpy(classes), model.config.test.nms_iou).numpy()
+        keep = keep[: model.config.test.max_per_image]  # batched_nms returns indices by score
     timer.images += 1
     return ImageDetections(np.asarray(kept_boxes[keep], np.float32), kept_scores[keep],
                            classes[keep].astype(np.int64))

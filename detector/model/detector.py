@@ -1,33 +1,41 @@
-"""A trained detector and its file: everything test time needs, in one ``model.pt``.
+"""A detector: its parts, the one function that assembles them, and its file ``model.pt``.
 
-The file holds the class list, the configuration, the backbone name and options, the trunk's
-weights (so a randomly initialised or user-supplied trunk is reproduced exactly), the SPP
-levels and scales, the fc head with its feature normalisation, the SVMs (with their feature
-scale) and the box regressors, as plain tensors and arrays.
+``build_detector(config, classes, ...)`` is the only place a detector is put together:
+training builds a fresh one, ``load_model`` builds one from a file's state, the benchmark
+builds an untrained one.  What a detection needs besides the weights, the source of the
+trunk's conv maps (a dataset's disk cache, or none: computed per call), is given to it there.
+
+The file holds the class list, the resolved configuration, the trunk's weights (so a randomly
+initialised or user-supplied trunk is reproduced exactly), the SPP levels, the fc head with its
+feature normalisation, the SVMs (with their feature scale) and the box regressors, as plain
+tensors and arrays.  Files written before the config had sections (``sppnet-detector-v1``, a
+flat config) still load: their keys are renamed (``detector.config.LEGACY_KEYS``).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from bbox_regression.ridge import BoxRegressor
-from detector.config import Config, make_config
+from detector.config import Config, config_from_dict, upgrade_legacy
 from detector.core.io import save_checkpoint
-from detector.core.paths import cache_root
 from detector.features.backbones import Backbone, build_backbone
 from detector.features.convmaps import ConvMapCache, ConvMapProvider, backbone_fingerprint
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
-from svm.mining import SVMModel
+from svm.linear_svm import SVMModel
 
-FORMAT = "sppnet-detector-v1"
+FORMAT = "sppnet-detector-v2"
+LEGACY_FORMATS = ("sppnet-detector-v1",)
 
 
 @dataclass
 class DetectorModel:
-    """The parts of a trained detector, plus the conv-map provider of the dataset in use."""
+    """The parts of a detector and the source of its conv maps."""
 
     classes: list[str]
     config: Config
@@ -36,27 +44,57 @@ class DetectorModel:
     head: SPPHead
     svm: SVMModel | None
     regressor: BoxRegressor | None
-    provider: ConvMapProvider | None = None
+    conv_maps: ConvMapProvider
 
     @property
     def scales(self) -> tuple[int, ...]:
         return tuple(self.config.scales)
 
-    def attach_dataset(self, voc_root: str | Path) -> None:
-        """Read and write conv maps in the cache of the dataset at ``voc_root``."""
-        self.provider = conv_map_provider(self.backbone, self.config, voc_root)
+    def with_config(self, config: Config, map_folder: Path | None = None) -> DetectorModel:
+        """The same weights under another config (feature path, scales, test settings), its conv
+        maps cached in ``map_folder`` (None: not cached)."""
+        cache = ConvMapCache(map_folder) if map_folder is not None else None
+        return dataclasses.replace(self, config=config, conv_maps=ConvMapProvider(
+            self.backbone, cache, config.max_side, config.device))
 
 
-def conv_map_provider(backbone: Backbone, config: Config, voc_root: str | Path) -> ConvMapProvider:
-    """The conv-map cache of a dataset for one trunk (its weights' fingerprint names the folder)."""
+def conv_map_folder(cache_dir: Path, backbone: Backbone, config: Config) -> Path:
+    """The conv-map folder of one trunk in a dataset's cache (its weights' fingerprint names it)."""
     tag = f"{backbone.name}-{backbone_fingerprint(backbone)}-max{config.max_side}"
-    cache = ConvMapCache(cache_root(voc_root) / "convmaps" / tag)
-    return ConvMapProvider(backbone, cache, config.max_side, config.device)
+    return Path(cache_dir) / "convmaps" / tag
 
 
-def save_model(path: Path, model: DetectorModel) -> None:
-    """Write ``model.pt`` atomically."""
-    save_checkpoint(path, {
+def build_detector(config: Config, classes: Sequence[str], cache_dir: str | Path | None = None,
+                   state: Mapping[str, Any] | None = None) -> DetectorModel:
+    """Assemble a detector for ``classes``: a fresh one from ``config`` (trunk weights as
+    configured, a seeded fc head or the trunk's pretrained fc), or the trained one in ``state``
+    (a model file's contents).  Conv maps are cached under ``cache_dir`` (a dataset's cache
+    root, ``detector.core.paths.cache_root``) or, with None, computed per call."""
+    backbone = build_backbone(config.backbone, weights="none" if state is not None else config.weights,
+                              **config.backbone_options)
+    if state is not None:
+        backbone.trunk.load_state_dict(state["trunk"])
+    backbone.to(config.device).eval()
+    spp = SpatialPyramidPooling(state["levels"] if state is not None else config.levels or backbone.levels)
+    head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(classes), config.dropout,
+                   config.seed, fc6_rank=config.fc6_rank)
+    svm = regressor = None
+    if state is not None:
+        head.load_state_dict(state["head"])
+        head.eval()
+        svm = SVMModel.from_state_dict(state["svm"]) if state["svm"] is not None else None
+        regressor = BoxRegressor.from_state_dict(state["regressor"]) if state["regressor"] is not None else None
+    elif backbone.pretrained_fc is not None:
+        head.load_pretrained_fc(backbone.pretrained_fc)
+    head.to(config.device)
+    cache = ConvMapCache(conv_map_folder(Path(cache_dir), backbone, config)) if cache_dir is not None else None
+    conv_maps = ConvMapProvider(backbone, cache, config.max_side, config.device)
+    return DetectorModel(list(classes), config, backbone, spp, head, svm, regressor, conv_maps)
+
+
+def model_state(model: DetectorModel) -> dict[str, Any]:
+    """What ``model.pt`` holds (see the module docstring)."""
+    return {
         "format": FORMAT,
         "classes": list(model.classes),
         "config": model.config.to_dict(),
@@ -65,29 +103,39 @@ def save_model(path: Path, model: DetectorModel) -> None:
         "head": model.head.state_dict(),
         "svm": model.svm.state_dict() if model.svm is not None else None,
         "regressor": model.regressor.state_dict() if model.regressor is not None else None,
-    })
+    }
 
 
-def load_model(path: str | Path, device: str | None = None) -> DetectorModel:
-    """Load a ``model.pt``; a file that is not one is refused with a message naming it."""
+def save_model(path: Path, model: DetectorModel) -> None:
+    """Write ``model.pt`` atomically."""
+    save_checkpoint(path, model_state(model))
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """The state of a model file with its config upgraded to the current form; a file that is not
+    one is refused with a message naming it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist (train one with tools/train_det.py)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated, not a torch file: torch raises many kinds
+        raise ValueError(f"{path} is not a readable model file ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise ValueError(f"{path} is not a {FORMAT} model file")
-    values = dict(state["config"])
-    if device is not None:
-        values["device"] = device
-    config = make_config(values.pop("preset"), values)
-    backbone = build_backbone(config.backbone, weights="none", **config.backbone_options)
-    backbone.trunk.load_state_dict(state["trunk"])
-    backbone.to(config.device).eval()
-    spp = SpatialPyramidPooling(state["levels"])
-    head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(state["classes"]),
-                   config.dropout, fc6_rank=config.fc6_rank)
-    head.load_state_dict(state["head"])
-    head.to(config.device).eval()
-    svm = SVMModel.from_state_dict(state["svm"]) if state["svm"] is not None else None
-    regressor = BoxRegressor.from_state_dict(state["regressor"]) if state["regressor"] is not None else None
-    return DetectorModel(list(state["classes"]), config, backbone, spp, head, svm, regressor)
+    if state["format"] in LEGACY_FORMATS:
+        state = {**state, "config": upgrade_legacy(state["config"]), "format": FORMAT}
+    return state
+
+
+def load_model(path: str | Path, device: str | None = None, cache_dir: str | Path | None = None,
+               overrides: Mapping[str, Any] | None = None) -> DetectorModel:
+    """Load a ``model.pt``; ``overrides`` change settings that do not alter the weights (test
+    settings, feature path, scales, device), checked as ``--set`` is."""
+    state = read_model_file(path)
+    changes = {**(overrides or {}), **({"device": device} if device is not None else {})}
+    try:
+        config = config_from_dict(state["config"], changes)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    return build_detector(config, state["classes"], cache_dir, state)

@@ -1,0 +1,81 @@
+"""Test a detector on a VOC split, or evaluate devkit result files already written.
+
+    python tools/test_det.py [--voc-root ROOT --split SPLIT] --model DIR/model.pt --out DIR2
+                             [--images N] [--feature-path spp|rcnn] [--scorer svm|softmax]
+    python tools/test_det.py --voc-root ROOT --split SPLIT --eval-only DIR [--metric voc07|voc10]
+
+With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json and
+DIR2/metrics.json and prints the AP table, the COCO metrics and seconds per image per stage.
+With no --voc-root it tests on the embedded demo dataset's test split.
+``--eval-only DIR`` reads ``DIR/comp4_det_<split>_<class>.txt``, prints the AP table and
+writes ``DIR/metrics.json`` (a class with no result file has AP 0).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detector.cli.common import add_dataset_arguments, dataset_from_args, dataset_root_from_args, setup_logging
+from detector.config import FEATURE_PATHS
+from detector.core.paths import cache_root
+from detector.core.runtime import keep_freed_memory
+from detector.engine.test import test_detector
+from detector.evaluation.voc_eval import evaluate_result_dir, format_ap_table
+from detector.model.detector import load_model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_arguments(parser, default_demo_split="test")
+    parser.add_argument("--model", type=Path, help="model.pt written by tools/train_det.py")
+    parser.add_argument("--out", type=Path, help="folder for result files and metrics.json")
+    parser.add_argument("--eval-only", type=Path, metavar="DIR",
+                        help="evaluate the devkit result files in DIR instead of running a model")
+    parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
+                        help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
+    parser.add_argument("--scorer", choices=("svm", "softmax"),
+                        help="score windows with the SVMs (default, as the paper) or the fc8 softmax")
+    parser.add_argument("--feature-path", choices=FEATURE_PATHS,
+                        help="feature path (default: the model's): spp pools every window from the "
+                             "image's conv maps; rcnn warps each window to the trunk's input size and "
+                             "runs the trunk on it (R-CNN, one trunk pass per window: slow)")
+    parser.add_argument("--images", type=int, metavar="N",
+                        help="test on the first N images of the split only (default: all)")
+    parser.add_argument("--device", help="cpu or cuda (default: the model's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.eval_only is not None:
+        if args.voc_root is None or args.split is None:
+            parser.error("--eval-only needs --voc-root and --split")
+    elif args.model is None or args.out is None:
+        parser.error("give --model MODEL --out DIR to test a model, or --eval-only DIR")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging()
+    keep_freed_memory()
+    try:
+        if args.eval_only is not None:
+            metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,
+                                          use_07_metric=args.metric == "voc07")
+            print(format_ap_table(metrics))
+            return
+        overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path}
+        model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)),
+                           {k: v for k, v in overrides.items() if v is not None})
+        dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
+        if args.images is not None:
+            dataset = dataset.first(args.images)
+        metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
+                                progress=not args.quiet)
+        print(format_ap_table(metrics))
+        print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
+    except (FileNotFoundError, ValueError) as error:  # bad input: the message names the file
+        raise SystemExit(f"test_det.py: {error}") from error
+
+
+if __name__ == "__main__":
+    main()
