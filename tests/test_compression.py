@@ -93,7 +93,7 @@ def test_compress_tool_writes_a_model_that_tests_like_any_other(tmp_path, monkey
     monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
     root = make_demo_dataset(tmp_path / "demo", n_train=1, n_test=3, seed=4)
     dataset = load_voc(root, "test")
-    config = make_config("cpu", {"fc_width": 32, "proposal_max_side": 40, "workers": 1, "scales": (224,)})
+    config = make_config("cpu", {"fc_width": 32, "proposals.max_side": 40, "proposals.workers": 1, "scales": (224,)})
     model = fresh_model(dataset.classes, config)
     save_model(tmp_path / "model.pt", model)
     env = {**os.environ, "SPPNET_CACHE": str(tmp_path / "cache")}

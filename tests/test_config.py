@@ -2,32 +2,46 @@ import json
 
 import pytest
 
-from detector.config import PAPER_SCALES, make_config
+from detector.config import LEGACY_KEYS, PAPER_SCALES, config_from_dict, make_config
 
 
 def test_defaults_follow_the_paper_scales_and_cpu_preset():
     config = make_config()
     assert config.scales == PAPER_SCALES == (480, 576, 688, 864, 1200)
-    assert config.preset == "cpu" and config.fc_width == 1024 and config.batch_size == 128
-    assert config.fg_fraction == 0.25 and config.nms_iou == 0.3 and config.max_per_image == 100
+    assert config.preset == "cpu" and config.fc_width == 1024 and config.finetune.batch_size == 128
+    assert config.sampling.fg_fraction == 0.25 and config.test.nms_iou == 0.3 and config.test.max_per_image == 100
+    assert config.svm.C == 1e-3 and config.svm.pos_weight == 2.0 and config.bbox.alpha == 1000.0
 
 
 def test_paper_preset_and_overrides_from_file_and_pairs(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"iterations": 50, "scales": [688]}))
-    config = make_config("paper", {"iterations": "70", "flip": "false"}, path)
-    assert config.fc_width == 4096 and config.lr == 1e-4
+    path.write_text(json.dumps({"finetune": {"iterations": 50}, "scales": [688]}))  # nested form
+    config = make_config("paper", {"finetune.iterations": "70", "sampling.flip": "false"}, path)
+    assert config.fc_width == 4096 and config.finetune.lr == 1e-4
     assert config.scales == (688,)  # from the file
-    assert config.iterations == 70  # explicit pair beats the file
-    assert config.flip is False
+    assert config.finetune.iterations == 70  # explicit pair beats the file
+    assert config.sampling.flip is False
+
+
+def test_section_values_reach_the_stage_objects():
+    config = make_config("cpu", {"svm.C": "0.01", "svm.passes": 2, "bbox.alpha": 10, "seed": 3})
+    assert config.svm.C == 0.01 and config.svm.passes == 2 and config.bbox.alpha == 10.0
+    assert config.svm.seed == 3 and config.bbox.seed == 3  # the sections' seed follows the top-level one
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"no_such_key": 1}, "unknown key"),
-    ({"iterations": "many"}, "iterations"),
-    ({"flip": "perhaps"}, "flip"),
-    ({"scorer": "forest"}, "scorer"),
+    ({"svm.no_such_key": 1}, "unknown key"),
+    ({"finetune.iterations": "many"}, "iterations"),
+    ({"sampling.flip": "perhaps"}, "flip"),
+    ({"test.scorer": "forest"}, "scorer"),
     ({"scales": "0"}, "scales"),
+    ({"svm.C": 0}, "C"),
+    ({"finetune.lr": "nan"}, "finetune.lr"),
+    ({"finetune.batch_size": 0}, "batch_size"),
+    ({"finetune.checkpoint_every": 0}, "checkpoint_every"),
+    ({"svm_c": 1}, "svm_c is now svm.C"),
+    ({"mode": "rcnn"}, "mode is now feature_path"),
 ])
 def test_bad_overrides_are_refused_by_name(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -44,7 +58,16 @@ def test_unknown_preset_and_unreadable_file(tmp_path):
 
 
 def test_round_trip_through_dict():
-    config = make_config("cpu", {"scales": "480 688"})
-    values = config.to_dict()
-    again = make_config(values.pop("preset"), values)
-    assert again == config
+    config = make_config("demo", {"scales": "480 688", "svm.C": 0.5, "seed": 2})
+    assert config_from_dict(config.to_dict()) == config
+    assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.replace(fc_width=64).fc_width == 64 and config.replace(fc_width=64).svm.C == 0.5
+
+
+def test_flat_config_of_old_model_files_is_upgraded():
+    old = {"preset": "cpu", "svm_c": 0.02, "mode": "rcnn", "iterations": 7, "scales": [688], "flip": False,
+           "proposal_mode": "fast", "rcnn_batch_size": 4, "scorer": "softmax"}
+    config = config_from_dict(old)
+    assert config.svm.C == 0.02 and config.feature_path == "rcnn" and config.finetune.iterations == 7
+    assert config.sampling.flip is False and config.rcnn.batch_size == 4 and config.test.scorer == "softmax"
+    assert set(LEGACY_KEYS.values()) <= set(make_config().flat())  # every new name exists

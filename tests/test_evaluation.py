@@ -6,7 +6,6 @@ turned into our continuous boxes with ``voc_to_boxes``.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -442,10 +441,9 @@ def test_test_det_eval_only_end_to_end(tmp_path):
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("test_det_tool", REPO / "tools" / "test_det.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    """The module behind tools/test_det.py and the sppnet-test entry point."""
+    from detector.cli import test_det
+    return test_det
 
 
 def test_test_det_needs_a_model_or_eval_only(capsys):

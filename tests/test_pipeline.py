@@ -8,22 +8,30 @@ import numpy as np
 import pytest
 import torch
 
-from detector.config import make_config
+from detector.config import SamplingConfig, make_config
+from detector.core.paths import cache_root
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.test import test_detector
 from detector.engine.train import train_detector, training_windows
 from detector.features.backbones import build_backbone
-from detector.features.convmaps import ConvMap, ConvMapCache
+from detector.features.convmaps import ConvMap, ConvMapCache, ConvMapProvider
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
 from detector.head.finetune import PoolingContext, build_window_bank, finetune, pool_training_windows
-from detector.head.sampling import SamplingConfig, sample_windows
-from detector.model.detector import conv_map_provider, load_model
+from detector.head.sampling import sample_windows
+from detector.model.detector import conv_map_folder, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"scales": (224,), "fc_width": 64, "iterations": 30, "lr_steps": (20,), "checkpoint_every": 10,
-        "proposal_max_side": 160, "workers": 1, "bank_windows_per_image": 32}
+TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 30, "finetune.lr_steps": (20,),
+        "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
+        "sampling.windows_per_image": 32}
+
+
+def conv_map_provider(backbone, config, root):
+    """The conv-map provider a detector built for the dataset at ``root`` uses."""
+    return ConvMapProvider(backbone, ConvMapCache(conv_map_folder(cache_root(root), backbone, config)),
+                           config.max_side)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +88,7 @@ def _finetune(dataset, config, checkpoint):
 def test_finetuning_resumes_exactly_and_refuses_other_classes(tiny_demo, tmp_path):
     dataset = load_voc(tiny_demo, "train")
     straight, _ = _finetune(dataset, make_config("cpu", TINY), tmp_path / "a.pt")
-    _finetune(dataset, make_config("cpu", {**TINY, "iterations": 10}), tmp_path / "b.pt")  # "killed" at 10
+    _finetune(dataset, make_config("cpu", {**TINY, "finetune.iterations": 10}), tmp_path / "b.pt")  # "killed" at 10
     resumed, stats = _finetune(dataset, make_config("cpu", TINY), tmp_path / "b.pt")
     assert stats["iterations"] == 20
     for name, tensor in straight.state_dict().items():
@@ -115,10 +123,9 @@ def test_window_bank_holds_each_images_sampled_windows_in_order(tiny_demo):
 def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
     train = load_voc(tiny_demo, "train")
     model_path = train_detector(train, make_config("cpu", TINY), tmp_path / "run", progress=False)
-    model = load_model(model_path)
+    model = load_model(model_path, cache_dir=cache_root(tiny_demo))
     assert model.classes == train.classes and model.svm is not None and model.regressor is not None
     test = load_voc(tiny_demo, "test", classes=model.classes)
-    model.attach_dataset(tiny_demo)
     metrics = test_detector(model, test, tmp_path / "out", progress=False)
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(written["ap"]) == set(model.classes)

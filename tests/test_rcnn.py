@@ -1,5 +1,5 @@
 """R-CNN mode: context crop geometry, batched warp against a per-window cv2 reference, equality
-with SPP mode on a whole-image window, a tiny train + test run with ``--mode rcnn``; the
+with SPP mode on a whole-image window, a tiny train + test run with ``--feature-path rcnn``; the
 benchmark's pixel ratio and tables."""
 import json
 import math
@@ -143,9 +143,9 @@ def test_spp_and_rcnn_modes_give_the_same_features_on_a_whole_image_window(backb
     head = SPPHead(spp.output_size(backbone.channels), 32, 2)
     pooled = {}
     for mode in ("spp", "rcnn"):
-        config = make_config("cpu", {"scales": (SIZE,), "mode": mode, "context_pad": 0})
-        model = DetectorModel(["a", "b"], config, backbone, spp, head, None, None)
-        model.provider = ConvMapProvider(backbone, ConvMapCache(tmp_path / "maps"), config.max_side)
+        config = make_config("cpu", {"scales": (SIZE,), "feature_path": mode, "rcnn.context_pad": 0})
+        model = DetectorModel(["a", "b"], config, backbone, spp, head, None, None,
+                              ConvMapProvider(backbone, ConvMapCache(tmp_path / "maps"), config.max_side))
         pooled[mode] = window_features(model, record, box, StageTimer()).window_pooled()
     with torch.inference_mode():  # SPP mode before the float16 cache: the trunk on the image
         exact = spp(backbone(backbone.prepare(image, 1.0)))
@@ -170,13 +170,14 @@ def test_batch_size_and_flip_do_not_change_features(backbone):
     assert RCNNFeatures(backbone, spp).pool(image, np.zeros((0, 4))).shape == (0, spp.output_size(backbone.channels))
 
 
-def test_mode_is_checked_in_config_and_checkpoints():
-    with pytest.raises(ValueError, match="mode"):
-        make_config("cpu", {"mode": "fast"})
-    with pytest.raises(ValueError, match="rcnn_batch_size"):
-        make_config("cpu", {"rcnn_batch_size": 0})
-    state = {"classes": ["a"], "backbone": "zf5", "config": {"mode": "spp"}}
+def test_feature_path_is_checked_in_config_and_checkpoints():
+    with pytest.raises(ValueError, match="feature_path"):
+        make_config("cpu", {"feature_path": "fast"})
+    with pytest.raises(ValueError, match="rcnn.batch_size"):
+        make_config("cpu", {"rcnn.batch_size": 0})
+    state = {"classes": ["a"], "backbone": "zf5", "config": {"feature_path": "spp"}}
     check_compatible(state, ["a"], "zf5", "spp")
+    check_compatible({**state, "config": {"mode": "spp"}}, ["a"], "zf5", "spp")  # an old checkpoint's flat key
     with pytest.raises(ValueError, match="'spp' mode"):
         check_compatible(state, ["a"], "zf5", "rcnn")
 
@@ -199,7 +200,7 @@ def test_pixel_ratio_of_the_issue():
 
 def test_benchmark_tables_on_a_tiny_demo(tiny_demo):
     dataset = load_voc(tiny_demo, "test")
-    config = make_config("cpu", {"fc_width": 32, "proposal_max_side": 40, "workers": 1})
+    config = make_config("cpu", {"fc_width": 32, "proposals.max_side": 40, "proposals.workers": 1})
     model = fresh_model(dataset.classes, config)
     results = benchmark_modes(model, dataset, images=1, scale_sets={"1": (224,), "2": (160, 224)},
                               progress=False, fc6_rank=8)
@@ -235,13 +236,13 @@ def test_train_and_test_with_mode_rcnn_through_the_tools(tiny_demo, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "SPPNET_CACHE": str(cache)}
     root = tiny_demo
-    settings = ["fc_width=32", "iterations=20", "lr_steps=15", "checkpoint_every=10", "flip=false",
-                "proposal_max_side=40", "workers=1", "bank_windows_per_image=16"]
+    settings = ["fc_width=32", "finetune.iterations=20", "finetune.lr_steps=15", "finetune.checkpoint_every=10",
+                "sampling.flip=false", "proposals.max_side=40", "proposals.workers=1", "sampling.windows_per_image=16"]
     subprocess.run([sys.executable, str(ROOT / "tools" / "train_det.py"), "--voc-root", str(root),
-                    "--split", "train", "--out", str(tmp_path / "run"), "--mode", "rcnn", "--quiet",
+                    "--split", "train", "--out", str(tmp_path / "run"), "--feature-path", "rcnn", "--quiet",
                     "--set", *settings], check=True, capture_output=True, env=env)
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    assert summary["config"]["mode"] == "rcnn" and summary["conv_map_bytes_per_image"] == 0
+    assert summary["config"]["feature_path"] == "rcnn" and summary["conv_map_bytes_per_image"] == 0
     assert not list(cache.glob("*/convmaps"))  # R-CNN mode computes no conv maps
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(root),
                              "--split", "test", "--model", str(tmp_path / "run" / "model.pt"),
@@ -250,10 +251,10 @@ def test_train_and_test_with_mode_rcnn_through_the_tools(tiny_demo, tmp_path):
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["seconds_per_image"]["conv"] > 0
     assert "mAP" in result.stdout
-    # --mode overrides the model's feature path: the same model tested in SPP mode pools from
+    # --feature-path overrides the model's: the same model tested in SPP mode pools from
     # conv maps, which it computes into the cache
     subprocess.run([sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(root),
                     "--split", "test", "--model", str(tmp_path / "run" / "model.pt"),
-                    "--out", str(tmp_path / "test_spp"), "--mode", "spp", "--quiet"],
+                    "--out", str(tmp_path / "test_spp"), "--feature-path", "spp", "--quiet"],
                    check=True, capture_output=True, env=env)
     assert list(cache.glob("*/convmaps")) and (tmp_path / "test_spp" / "metrics.json").is_file()

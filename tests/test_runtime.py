@@ -66,7 +66,7 @@ def test_release_freed_memory_hands_heap_holes_back():
 
 
 def test_trimming_yields_every_item_and_trims_every_hundred(monkeypatch):
-    from detector import runtime
+    from detector.core import runtime
     calls = []
     monkeypatch.setattr(runtime, "release_freed_memory", lambda: calls.append(len(seen)))
     seen = []

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from detector.config import Config, SamplingConfig
+from detector.config import Config, SamplingConfig, upgrade_legacy
 from detector.core.boxes import flip_boxes
 from detector.core.io import save_checkpoint
 from detector.core.windows import ImageWindows
@@ -131,7 +131,7 @@ def check_compatible(state: dict, classes: Sequence[str], backbone: str, mode: s
     if state["backbone"] != backbone:
         raise ValueError(f"checkpoint was trained with backbone {state['backbone']!r}, "
                          f"not {backbone!r}; use another --out folder")
-    trained_mode = state.get("config", {}).get("mode", "spp")
+    trained_mode = upgrade_legacy(state.get("config", {})).get("feature_path", "spp")
     if trained_mode != mode:
         raise ValueError(f"checkpoint was trained in {trained_mode!r} mode, not {mode!r}; "
                          "use another --out folder")
