@@ -41,9 +41,9 @@ import numpy as np
 from tqdm import tqdm
 
 from svm.config import SVMConfig
+from svm.features import ImageFeatures
 from svm.linear_svm import SVMModel, train_linear_svm
 from svm.negatives import select_negatives
-from svm.windows import ImageWindows
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class HardNegativeMiner:
             raise RuntimeError("no image seen yet: the feature dimension is unknown")
         return SVMModel(self.weights.copy(), self.biases.copy(), self.feature_scale)
 
-    def run(self, images: Callable[[], Iterable[ImageWindows]], progress: bool = True) -> SVMModel:
+    def run(self, images: Callable[[], Iterable[ImageFeatures]], progress: bool = True) -> SVMModel:
         """Mine ``config.passes`` passes over ``images()`` and return the final model."""
         start = time.perf_counter()
         for pass_index in range(self.config.passes):
@@ -242,7 +242,7 @@ class HardNegativeMiner:
         model.training_stats = self.stats.as_dict()
         return model
 
-    def _run_pass(self, image_iterable: Iterable[ImageWindows], pass_index: int, progress: bool) -> None:
+    def _run_pass(self, image_iterable: Iterable[ImageFeatures], pass_index: int, progress: bool) -> None:
         total = len(image_iterable) if hasattr(image_iterable, "__len__") else None
         seen: set[str] = set()
         bar = tqdm(
@@ -276,7 +276,7 @@ class HardNegativeMiner:
         self.stats.passes += 1
         self.stats.images_per_pass.append(len(seen))
 
-    def _process_image(self, windows: ImageWindows, first_pass: bool) -> None:
+    def _process_image(self, windows: ImageFeatures, first_pass: bool) -> None:
         """Collect positives and hard negatives of one image; retrain classes that are due."""
         self._check_and_allocate(windows)
         code = self._image_codes.setdefault(windows.image_id, len(self._image_codes))
@@ -313,7 +313,7 @@ class HardNegativeMiner:
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self._held_bytes())
 
     @staticmethod
-    def _positive_rows(windows: ImageWindows) -> dict[int, np.ndarray]:
+    def _positive_rows(windows: ImageFeatures) -> dict[int, np.ndarray]:
         """Rows of the non-difficult GT boxes, per class present."""
         usable = ~windows.gt_difficult
         return {
@@ -321,7 +321,7 @@ class HardNegativeMiner:
             for label in np.unique(windows.gt_labels[usable])
         }
 
-    def _negative_rows(self, windows: ImageWindows) -> list[np.ndarray]:
+    def _negative_rows(self, windows: ImageFeatures) -> list[np.ndarray]:
         """Per class, the rows of the image's negatives (proposal rows only)."""
         config = self.config
         proposals = windows.boxes[windows.num_gt:]
@@ -350,7 +350,7 @@ class HardNegativeMiner:
             rows = rows[~np.isin(keys, self.caches[label].keys)]
         return rows
 
-    def _check_and_allocate(self, windows: ImageWindows) -> None:
+    def _check_and_allocate(self, windows: ImageFeatures) -> None:
         dim = windows.features.shape[1]
         if self.weights is None:
             self.weights = np.zeros((self.num_classes, dim), dtype=np.float32)
@@ -406,7 +406,7 @@ class HardNegativeMiner:
 
 
 def train_svms(
-    images: Callable[[], Iterable[ImageWindows]],
+    images: Callable[[], Iterable[ImageFeatures]],
     num_classes: int,
     feature_scale: float,
     config: SVMConfig,

@@ -10,7 +10,7 @@ used instead of a Python loop.  IoU is computed in float64 with the project's bo
 convention (devkit "+1" IoU).
 
 The caller decides which rows are candidates: the miner passes only the proposal rows
-(the GT rows of an ``ImageWindows`` are never negatives) and offsets the indices.
+(the GT rows of an ``ImageFeatures`` are never negatives) and offsets the indices.
 """
 from __future__ import annotations
 

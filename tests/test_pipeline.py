@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.config import SamplingConfig, make_config
+from detector.config import LEGACY_KEYS, SamplingConfig, make_config
 from detector.core.paths import cache_root
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
@@ -141,3 +141,12 @@ def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
                    capture_output=True)
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert again["mAP"] == pytest.approx(written["mAP"], abs=1e-6)
+    # a model file of the previous format (flat config, "sppnet-detector-v1") still loads, equal
+    state = torch.load(model_path, weights_only=False)
+    new_names = {new: old for old, new in LEGACY_KEYS.items()}
+    flat = {new_names.get(key, key): value for key, value in model.config.flat().items()
+            if key in new_names or "." not in key}
+    torch.save({**state, "format": "sppnet-detector-v1", "config": flat}, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.config == model.config and old.classes == model.classes
+    assert all(torch.equal(v, old.head.state_dict()[k]) for k, v in model.head.state_dict().items())

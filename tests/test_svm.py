@@ -8,10 +8,10 @@ from sklearn.metrics import average_precision_score
 
 from detector.core.boxes import iou_matrix
 from svm.feature_scale import estimate_feature_scale
+from svm.features import ImageFeatures
 from svm.linear_svm import SVMModel, train_linear_svm
 from svm.mining import HardNegativeMiner, NegativeCache, SVMConfig, train_svms
 from svm.negatives import select_negatives
-from svm.windows import ImageWindows
 
 NUM_CLASSES, DIM = 3, 48
 
@@ -38,7 +38,7 @@ def make_world(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def make_image(rng: np.random.Generator, image_id: str, world: dict, num_windows: int = 300) -> ImageWindows:
+def make_image(rng: np.random.Generator, image_id: str, world: dict, num_windows: int = 300) -> ImageFeatures:
     """A window's feature is ``base + IoU * mean[class of best GT] + noise``; 5% of the
     background windows are look-alikes ``0.9 * mean[k] + lookalike[k]``: rare hard negatives
     that random negatives seldom contain but hard negative mining finds."""
@@ -61,15 +61,15 @@ def make_image(rng: np.random.Generator, image_id: str, world: dict, num_windows
     lookalike_rows = clutter[rng.random(len(clutter)) < 0.05]
     lookalike_class = rng.integers(0, NUM_CLASSES, len(lookalike_rows))
     features[lookalike_rows] += 0.9 * world["means"][lookalike_class] + world["lookalikes"][lookalike_class]
-    return ImageWindows(image_id, features.astype(np.float32), boxes, gt_boxes, gt_labels, gt_difficult)
+    return ImageFeatures(image_id, features.astype(np.float32), boxes, gt_boxes, gt_labels, gt_difficult)
 
 
-def make_images(seed: int, count: int, world: dict) -> list[ImageWindows]:
+def make_images(seed: int, count: int, world: dict) -> list[ImageFeatures]:
     rng = np.random.default_rng(seed)
     return [make_image(rng, f"s{seed}_{index:03d}", world) for index in range(count)]
 
 
-def mean_ap(model: SVMModel, images: list[ImageWindows]) -> float:
+def mean_ap(model: SVMModel, images: list[ImageFeatures]) -> float:
     """Mean over classes of the AP of ranking proposals, positive = IoU >= 0.5 with a GT of the class."""
     scores, overlaps = [], []
     for windows in images:
@@ -87,12 +87,12 @@ def world() -> dict:
 
 
 @pytest.fixture(scope="module")
-def train_images(world: dict) -> list[ImageWindows]:
+def train_images(world: dict) -> list[ImageFeatures]:
     return make_images(1, 40, world)
 
 
 @pytest.fixture(scope="module")
-def feature_scale(train_images: list[ImageWindows]) -> float:
+def feature_scale(train_images: list[ImageFeatures]) -> float:
     return estimate_feature_scale(np.concatenate([w.features for w in train_images[:10]]))
 
 
@@ -101,7 +101,7 @@ def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys >> 32, keys & 0xFFFFFFFF
 
 
-def check_miner_state(miner: HardNegativeMiner, images: list[ImageWindows]) -> None:
+def check_miner_state(miner: HardNegativeMiner, images: list[ImageFeatures]) -> None:
     """Invariants of the caches under the miner's current model (between two images)."""
     config = miner.config
     for label, cache in enumerate(miner.caches):
@@ -268,11 +268,11 @@ def test_svm_model_scores_and_state_dict() -> None:
 def test_image_windows_checks_contract() -> None:
     gt = np.array([[0, 0, 10, 10]], np.float32)
     boxes = np.concatenate([gt, [[5, 5, 20, 20]]])
-    ImageWindows("a", np.zeros((2, 3)), boxes, gt, [1], [False])
+    ImageFeatures("a", np.zeros((2, 3)), boxes, gt, [1], [False])
     with pytest.raises(ValueError, match="GT boxes"):
-        ImageWindows("a", np.zeros((2, 3)), boxes[::-1], gt, [1], [False])
+        ImageFeatures("a", np.zeros((2, 3)), boxes[::-1], gt, [1], [False])
     with pytest.raises(ValueError, match="feature rows"):
-        ImageWindows("a", np.zeros((3, 3)), boxes, gt, [1], [False])
+        ImageFeatures("a", np.zeros((3, 3)), boxes, gt, [1], [False])
 
 
 # ---------------------------------------------------------------- cache
@@ -309,7 +309,7 @@ def test_negative_cache_cap_keeps_highest_scores() -> None:
 class CountingImages:
     """``images()`` for the miner: counts its calls and checks the miner between images."""
 
-    def __init__(self, images: list[ImageWindows], miner: HardNegativeMiner | None = None) -> None:
+    def __init__(self, images: list[ImageFeatures], miner: HardNegativeMiner | None = None) -> None:
         self.images = images
         self.miner = miner
         self.calls = 0

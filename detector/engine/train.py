@@ -38,8 +38,8 @@ from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.cache import load_or_compute_proposals
 from svm.feature_scale import estimate_feature_scale
+from svm.features import ImageFeatures
 from svm.mining import SVMModel, train_svms
-from svm.windows import ImageWindows as SVMWindows
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: 
 class SizedPass:
     """One pass over the training images, sized so that the miner's progress bar has a total."""
 
-    def __init__(self, make: Callable[[], Iterator[SVMWindows]], count: int) -> None:
+    def __init__(self, make: Callable[[], Iterator[ImageFeatures]], count: int) -> None:
         self.make, self.count = make, count
 
     def __len__(self) -> int:
         return self.count
 
-    def __iter__(self) -> Iterator[SVMWindows]:
+    def __iter__(self) -> Iterator[ImageFeatures]:
         return self.make()
 
 
@@ -84,7 +84,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
     regression = BoxRegressorTrainer(config.bbox)
     passes_started = 0
 
-    def one_pass() -> Iterator[SVMWindows]:
+    def one_pass() -> Iterator[ImageFeatures]:
         nonlocal passes_started
         feed_regression = passes_started == 0
         passes_started += 1
@@ -95,7 +95,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
                 pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
                 regression.add(features.window_pooled(pairs).numpy(), windows.boxes[pairs],
                                record.boxes, record.labels)
-            yield SVMWindows(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
+            yield ImageFeatures(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
                              record.labels, record.difficult)
 
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,

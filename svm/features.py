@@ -1,6 +1,6 @@
 """The plain data the SVM stage consumes: fc7 features of every window of one image.
 
-Contract (the pipeline builds one ``ImageWindows`` per image, on the fly):
+Contract (the pipeline builds one ``ImageFeatures`` per image, on the fly):
 
 - ``boxes`` = ``concatenate([gt_boxes, proposals])``: rows ``0..G-1`` of ``features`` and
   ``boxes`` are the image's ground-truth boxes themselves (all of them, difficult ones
@@ -22,7 +22,7 @@ import numpy as np
 
 
 @dataclass
-class ImageWindows:
+class ImageFeatures:
     """fc7 features and boxes of the windows of one image, GT boxes first."""
 
     image_id: str
@@ -38,7 +38,7 @@ class ImageWindows:
         self.gt_boxes = np.asarray(self.gt_boxes, dtype=np.float32).reshape(-1, 4)
         self.gt_labels = np.asarray(self.gt_labels, dtype=np.int64).reshape(-1)
         self.gt_difficult = np.asarray(self.gt_difficult, dtype=bool).reshape(-1)
-        where = f"ImageWindows {self.image_id!r}"
+        where = f"ImageFeatures {self.image_id!r}"
         num_gt = len(self.gt_boxes)
         if self.features.ndim != 2:
             raise ValueError(f"{where}: features must be M x D, got shape {self.features.shape}")
