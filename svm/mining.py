@@ -40,14 +40,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from svm.config import SVMConfig
+from svm.config import CACHE_DTYPES, SVMConfig
 from svm.features import ImageFeatures
 from svm.linear_svm import SVMModel, train_linear_svm
 from svm.negatives import select_negatives
 
 logger = logging.getLogger(__name__)
 
-_CACHE_DTYPES = {"float16": np.float16, "float32": np.float32}
+_CACHE_DTYPES = {name: np.dtype(name).type for name in CACHE_DTYPES}
 
 
 @dataclass
