@@ -32,7 +32,7 @@ from detector.evaluation.voc_eval import (
     write_result_files,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def record(image_id: str, objects=(), width: int = 100, height: int = 100) -> ImageRecord:

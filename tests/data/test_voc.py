@@ -19,7 +19,7 @@ from detector.data.voc import (
     write_voc_annotation,
 )
 
-REAL_VOC = Path(__file__).resolve().parents[2] / "shared" / "data" / "VOC2007"
+REAL_VOC = Path(__file__).resolve().parents[3] / "shared" / "data" / "VOC2007"
 
 
 def _pattern(height: int, width: int, seed: int = 0) -> np.ndarray:

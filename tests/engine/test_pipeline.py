@@ -22,7 +22,7 @@ from detector.head.finetune import PoolingContext, build_window_bank, finetune, 
 from detector.head.sampling import sample_windows
 from detector.model.detector import conv_map_folder, load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 30, "finetune.lr_steps": (20,),
         "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
         "sampling.windows_per_image": 32}

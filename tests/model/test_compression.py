@@ -20,7 +20,7 @@ from detector.head.fc import SPPHead
 from detector.model.compression import compress_fc6, truncated_svd
 from detector.model.detector import load_model, save_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_truncated_svd_matches_numpy_eckart_young():

@@ -29,7 +29,7 @@ from detector.head.finetune import check_compatible
 from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 224
 
 
