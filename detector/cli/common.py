@@ -32,7 +32,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides as KEY=VALUE, KEY a top-level name or SECTION.NAME, "
                              "e.g. --set finetune.iterations=2000 svm.C=0.01 fc_width=512")
-    parser.add_argument("--backbone", help="trunk name (efficientnet_lite0, zf5, alexnet, vgg16)")
+    parser.add_argument("--backbone", help="trunk name (efficientnet_lite0, efficientnet_lite1, "
+                                           "efficientnet_lite2, zf5, alexnet, vgg16)")
     parser.add_argument("--weights", help="trunk weights: a file, 'imagenet' or 'none'")
     parser.add_argument("--scales", nargs="+", type=int, help="short-side scales, e.g. 688 or 480 576 688 864 1200")
     parser.add_argument("--feature-path", choices=FEATURE_PATHS,

