@@ -42,12 +42,19 @@ def classifiers_record(config: Config, classes: list[str], trunk: str, data_dige
                        {"training_data": data_digest, "finetune.pt": finetune_checksum})
 
 
+def read_classifiers(path: Path) -> dict[str, Any]:
+    """The checked contents of ``classifiers.pt`` (an unsealed file of an older version is read, then
+    retrained, for it has no record)."""
+    return load_checked(path, "classifier file", CLASSIFIERS_REMEDY,
+                        unsealed_ok=lambda s: {"svm", "regressor"} <= set(s) and "stage" not in s)
+
+
 def reusable_classifiers(path: Path, record: dict[str, Any], policy: str) -> dict[str, Any] | None:
     """The checked state of ``classifiers.pt`` when its record equals ``record``; None when it must be
     (re)computed; a ``ValueError`` under policy ``resume`` when it differs."""
     if policy == "force" or not path.exists():
         return None
-    state = load_checked(path, "classifier file", CLASSIFIERS_REMEDY, unsealed_ok=lambda s: "stage" not in s)
+    state = read_classifiers(path)
     changed = differences(state.get("stage"), record)
     if not changed:
         return state

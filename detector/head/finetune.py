@@ -177,7 +177,12 @@ def finetune_record(context: PoolingContext, train: Sequence[ImageWindows], clas
 
 def read_finetune_checkpoint(path: Path) -> dict:
     """The checked contents of ``finetune.pt`` (a corrupt file is refused by name)."""
-    return load_checked(path, "fine-tuning checkpoint", REMEDY, unsealed_ok=lambda state: "stage" not in state)
+    return load_checked(path, "fine-tuning checkpoint", REMEDY, unsealed_ok=_old_checkpoint)
+
+
+def _old_checkpoint(state: dict) -> bool:
+    """True for a checkpoint written before checkpoints were sealed and keyed (read, then retrained)."""
+    return {"head", "iteration", "classes"} <= set(state) and "stage" not in state
 
 
 def _finite(head: SPPHead) -> bool:
