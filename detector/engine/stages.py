@@ -27,6 +27,7 @@ import torch
 from detector.config import Config, stage_settings
 from detector.core.integrity import load_checked
 from detector.core.provenance import differences, make_record
+from detector.core.runtime import check_device  # noqa: F401  (re-exported: the checks run before long work)
 from detector.features.backbones import BACKBONES, Backbone
 
 log = logging.getLogger(__name__)
@@ -75,18 +76,6 @@ def check_writable(folders: Iterable[Path]) -> None:
                 pass
         except OSError as error:
             raise OSError(error.errno, f"cannot write in {folder}: {error.strerror or error}") from error
-
-
-def check_device(device: str) -> None:
-    """Refuse a device this machine does not have, in one line."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as error:
-        raise ValueError(f"device {device!r} is not a device name (use cpu or cuda)") from error
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU is available here; use --device cpu")
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported (use cpu or cuda)")
 
 
 def check_backbone_name(name: str) -> None:

@@ -97,7 +97,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
-    regression = BoxRegressorTrainer(config.bbox)
+    regression = BoxRegressorTrainer(config.bbox, model.classes)
     passes_started = 0
 
     def one_pass() -> Iterator[ImageFeatures]:
@@ -115,7 +115,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
                              record.labels, record.difficult)
 
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
-                     progress=progress)
+                     progress=progress, class_names=model.classes)
     return svm, regression, svm.training_stats or {}
 
 

@@ -28,6 +28,7 @@ from bbox_regression.ridge import BoxRegressor
 from detector.config import Config, config_from_dict, upgrade_legacy
 from detector.core.integrity import StateFileError, load_checked, seal
 from detector.core.io import save_checkpoint
+from detector.core.runtime import check_device
 from detector.features.backbones import Backbone, build_backbone
 from detector.features.convmaps import CACHE_VERSION, ConvMapCache, ConvMapProvider, backbone_fingerprint
 from detector.features.spp import SpatialPyramidPooling
@@ -143,4 +144,5 @@ def load_model(path: str | Path, device: str | None = None, cache_dir: str | Pat
         config = config_from_dict(state["config"], changes)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
+    check_device(config.device)
     return build_detector(config, state["classes"], cache_dir, state)
