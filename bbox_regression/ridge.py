@@ -28,6 +28,7 @@ Decisions:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,8 +209,10 @@ class BoxRegressor:
 class BoxRegressorTrainer:
     """Accumulates training pairs image by image, then fits a :class:`BoxRegressor`."""
 
-    def __init__(self, config: BoxRegressorConfig | None = None) -> None:
+    def __init__(self, config: BoxRegressorConfig | None = None, class_names: Sequence[str] | None = None) -> None:
+        """``class_names``: the names used in log messages (default: the class numbers)."""
         self.config = config or BoxRegressorConfig()
+        self.class_names = list(class_names) if class_names is not None else None
         self._rng = np.random.default_rng(self.config.seed)
         self._reservoirs: dict[int, _PairReservoir] = {}
         self._feature_dim: int | None = None
@@ -260,6 +263,11 @@ class BoxRegressorTrainer:
             reservoir.add(pair_features[rows], targets[rows], self._rng)
         return len(indices)
 
+    def _name(self, label: int) -> str:
+        """A class's name for log messages (its number when no names were given)."""
+        return self.class_names[label] if self.class_names is not None and 0 <= label < len(self.class_names) \
+            else str(label)
+
     def fit(self) -> BoxRegressor:
         """One ridge regressor per class with at least ``min_pairs`` pairs."""
         if not self._reservoirs:
@@ -270,8 +278,8 @@ class BoxRegressorTrainer:
         for cls, reservoir in tqdm(sorted(self._reservoirs.items()), desc="box regressors", leave=False):
             if reservoir.size < self.config.min_pairs:
                 logger.warning(
-                    "class %d: %d training pairs < min_pairs=%d, no box regressor; its boxes pass through unchanged",
-                    cls, reservoir.size, self.config.min_pairs,
+                    "class %s: %d training pairs < min_pairs=%d, no box regressor; its boxes pass through unchanged",
+                    self._name(cls), reservoir.size, self.config.min_pairs,
                 )
                 continue
             targets = reservoir.targets[:reservoir.size]
@@ -285,7 +293,7 @@ class BoxRegressorTrainer:
             for name, value in (("classes", cls), ("weights", ridge.coef_), ("intercepts", ridge.intercept_),
                                 ("target_mean", mean), ("target_std", std), ("num_pairs", reservoir.size)):
                 parts[name].append(value)
-            logger.info("class %d: box regressor fitted on %d pairs (of %d seen)", cls, reservoir.size, reservoir.seen)
+            logger.info("class %s: box regressor fitted on %d pairs (of %d seen)", self._name(cls), reservoir.size, reservoir.seen)
         return BoxRegressor(
             feature_scale=feature_scale,
             classes=np.array(parts["classes"], dtype=np.int64),

@@ -343,3 +343,22 @@ def check_config(config: Config) -> None:
                         f"{config.test.nms_iou}, {config.test.max_per_image}")
     if problems:
         raise ValueError("config: " + "; ".join(problems))
+
+
+# The settings each training stage's output depends on (``stage_settings``); everything else
+# (device, workers, checkpoint interval, test-time settings, the preset's name) changes how fast
+# or where a stage runs, or what happens after training, not what it makes.
+MODEL_KEYS = ("backbone", "backbone_options", "weights", "levels", "scales", "max_side", "fc_width",
+              "dropout", "feature_path", "seed", "rcnn.context_pad")
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "finetune": ("proposals", "sampling", "finetune"),
+    "classifiers": ("proposals", "sampling", "finetune", "svm", "bbox"),
+}
+NOT_STAGE_KEYS = ("proposals.workers", "finetune.checkpoint_every")
+
+
+def stage_settings(config: Config, stage: str) -> dict[str, Any]:
+    """The flat settings (``Config.flat`` keys) the output of training stage ``stage`` depends on."""
+    sections = STAGE_SECTIONS[stage]
+    return {key: value for key, value in config.flat().items()
+            if (key in MODEL_KEYS or key.partition(".")[0] in sections) and key not in NOT_STAGE_KEYS}

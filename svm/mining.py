@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -198,12 +198,17 @@ class HardNegativeMiner:
     ``positives``, ``model()``) between images for inspection and tests.
     """
 
-    def __init__(self, num_classes: int, feature_scale: float, config: SVMConfig) -> None:
+    def __init__(self, num_classes: int, feature_scale: float, config: SVMConfig,
+                 class_names: Sequence[str] | None = None) -> None:
+        """``class_names``: the names used in log messages (default: the class numbers)."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not (np.isfinite(feature_scale) and feature_scale > 0):
             raise ValueError(f"feature_scale must be positive, got {feature_scale}")
         self.num_classes = num_classes
+        self.names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+        if len(self.names) != num_classes:
+            raise ValueError(f"{len(self.names)} class names for {num_classes} classes")
         self.feature_scale = float(feature_scale)
         self.config = config
         self.dtype = _CACHE_DTYPES[config.cache_dtype]
@@ -231,7 +236,7 @@ class HardNegativeMiner:
         self.stats.total_seconds = time.perf_counter() - start
         for label, class_stats in enumerate(self.stats.classes):
             class_stats.cache_size = self.caches[label].size
-            logger.info("SVM class %d: %s", label, class_stats)
+            logger.info("SVM class %s: %s", self.names[label], class_stats)
         logger.info(
             "SVM mining: %d pass(es), %s images, %.1f s (%.1f s producing images), "
             "peak cache %.1f MiB",
@@ -269,8 +274,8 @@ class HardNegativeMiner:
                 self._retrain(label)
             elif self.weights is not None:
                 logger.warning(
-                    "SVM class %d has %d positive and %d cached negative windows: left at w = 0",
-                    label, self.stats.classes[label].num_positives,
+                    "SVM class %s has %d positive and %d cached negative windows: left at w = 0",
+                    self.names[label], self.stats.classes[label].num_positives,
                     self.caches[label].size if self.caches else 0,
                 )
         self.stats.passes += 1
@@ -395,8 +400,8 @@ class HardNegativeMiner:
         class_stats.seconds += seconds
         class_stats.retrain_seconds += seconds
         logger.debug(
-            "SVM class %d retrain %d: %d pos, %d neg, evicted %d, %.2f s",
-            label, class_stats.retrains, len(positives), cache.size + evicted, evicted, seconds,
+            "SVM class %s retrain %d: %d pos, %d neg, evicted %d, %.2f s",
+            self.names[label], class_stats.retrains, len(positives), cache.size + evicted, evicted, seconds,
         )
 
     def _held_bytes(self) -> int:
@@ -411,9 +416,11 @@ def train_svms(
     feature_scale: float,
     config: SVMConfig,
     progress: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> SVMModel:
     """Train K SVMs with hard negative mining; ``images()`` gives a fresh iterator per pass.
 
-    The returned model carries the mining record in ``training_stats`` (also logged).
+    The returned model carries the mining record in ``training_stats`` (also logged, classes named
+    by ``class_names``).
     """
-    return HardNegativeMiner(num_classes, feature_scale, config).run(images, progress)
+    return HardNegativeMiner(num_classes, feature_scale, config, class_names).run(images, progress)

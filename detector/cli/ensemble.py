@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         metrics = ensemble_result_dirs(args.voc_root, args.split, args.result_dirs, args.out,
                                        args.nms_iou, use_07_metric=args.metric == "voc07")
-    except (FileNotFoundError, ValueError) as error:
+    except (ValueError, OSError) as error:  # the message names the folder or file
         raise SystemExit(f"ensemble.py: {error}") from error
     for folder, value in metrics["inputs"].items():
         print(f"input  {folder}: mAP {100 * value:.1f}")

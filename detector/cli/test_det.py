@@ -7,8 +7,10 @@
 With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json and
 DIR2/metrics.json and prints the AP table, the COCO metrics and seconds per image per stage.
 With no --voc-root it tests on the embedded demo dataset's test split.
-``--eval-only DIR`` reads ``DIR/comp4_det_<split>_<class>.txt``, prints the AP table and
-writes ``DIR/metrics.json`` (a class with no result file has AP 0).
+``--eval-only DIR`` reads ``DIR/comp4_det_<split>_<class>.txt`` for the classes of
+``DIR/classes.json`` (the model's list, written by the test run; else --classes or the
+annotations'), prints the AP table and writes ``DIR/metrics_eval.json``, leaving the test run's
+``metrics.json`` as it was (a class with no result file has AP 0).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from detector.config import FEATURE_PATHS
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
 from detector.engine.test import test_detector
-from detector.evaluation.voc_eval import evaluate_result_dir, format_ap_table
+from detector.evaluation.voc_eval import EVAL_METRICS_FILE, evaluate_result_dir, format_ap_table
 from detector.model.detector import load_model
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.eval_only is not None:
             metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,
-                                          use_07_metric=args.metric == "voc07")
+                                          use_07_metric=args.metric == "voc07", metrics_file=EVAL_METRICS_FILE)
             print(format_ap_table(metrics))
             return
         overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path}
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                                 progress=not args.quiet)
         print(format_ap_table(metrics))
         print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
-    except (FileNotFoundError, ValueError) as error:  # bad input: the message names the file
+    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
         raise SystemExit(f"test_det.py: {error}") from error
 
 

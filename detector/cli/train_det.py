@@ -21,14 +21,21 @@ def main(argv: list[str] | None = None) -> None:
     add_config_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--resume", action="store_true",
+                        help="only reuse or resume what is in --out; stop, naming the file and the settings "
+                             "that differ, rather than retrain a stage made with other settings")
+    policy.add_argument("--force", action="store_true",
+                        help="retrain every stage whatever is in --out (the image caches are still used)")
     args = parser.parse_args(argv)
     setup_logging()
     keep_freed_memory()
     config = config_from_args(args)
     dataset = dataset_from_args(args, default_demo_split="train")
     try:
-        model_path = train_detector(dataset, config, args.out, progress=not args.quiet)
-    except ValueError as error:  # bad input: the message names the value or file
+        model_path = train_detector(dataset, config, args.out, progress=not args.quiet,
+                                    policy="resume" if args.resume else "force" if args.force else "auto")
+    except (ValueError, OSError) as error:  # bad input, unwritable path: the message names the value or file
         raise SystemExit(f"train_det.py: {error}") from error
     print(f"wrote {model_path}")
 

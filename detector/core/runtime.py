@@ -101,3 +101,17 @@ def trimming(items: Iterable[T], every: int = 100) -> Iterator[T]:
         if index and index % every == 0:
             release_freed_memory()
         yield item
+
+
+def check_device(device: str) -> None:
+    """Refuse, in one line, a device name this machine cannot run on (``cuda`` without a GPU)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"device {device!r} is not a device name (use cpu or cuda)") from error
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported (use cpu or cuda)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is available here; use --device cpu")

@@ -16,6 +16,7 @@ class StageTimer:
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     images: int = 0
+    skipped: int = 0  # images left out after a failure (named in the log)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -7,7 +7,9 @@ class-specific ``<id> <flag>`` files read too); class names are whatever the XML
 Bad input never crashes the whole load and never passes silently:
 - missing dataset folders or split file: ``FileNotFoundError`` naming it; empty split, or a
   split where no image survives: ``ValueError``.
-- missing / unparseable XML, missing / unreadable image: the image is skipped.
+- missing / unparseable XML, missing / unreadable image, an image no trunk can take
+  (``detector.core.images.unusable_shape``: long/short side > 62.5, e.g. 2000 x 8): the image
+  is skipped.
 - unknown class (when ``classes`` is given), missing name, non-numeric or non-finite
   coordinates, zero or negative area, box fully outside the image: the object is dropped.
 - box partly outside the image: clipped to it.
@@ -48,7 +50,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detector.core.boxes import boxes_to_voc, clip_boxes, voc_to_boxes
-from detector.core.images import ImageReadError, image_size
+from detector.core.images import ImageReadError, image_size, unusable_shape
 from detector.core.io import write_bytes_atomic
 from detector.core.records import ImageRecord
 
@@ -289,6 +291,10 @@ def _record(
         width, height = image_size(path)
     except ImageReadError as error:
         problems.append(f"{error}; image {image_id} skipped")
+        return None
+    unusable = unusable_shape(width, height)
+    if unusable is not None:
+        problems.append(f"{path}: {unusable}; no trunk can take it; image {image_id} skipped")
         return None
     if annotation.width is not None and annotation.height is not None and (
         (annotation.width, annotation.height) != (width, height)

@@ -3,7 +3,9 @@
 As in the paper (two ZF-5 models: 59.1 and 59.2 mAP -> 60.9 combined), the detections of every
 model are put together per class and image and NMS at IoU 0.3 keeps the best-scored of each
 group of overlapping boxes; an image keeps at most ``max_per_image`` detections, as at test.
-Inputs are devkit result folders; folders made for different class lists are refused.
+Inputs are devkit result folders; every input is checked before anything is written: a folder
+whose ``metrics.json`` is unreadable or lacks ``"ap"`` is named, and folders made for different
+class lists, splits or datasets (their ``classes.json`` / ``metrics.json``) are refused.
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from detector.data.voc import load_voc
 from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import (
     METRICS_FILE,
+    read_classes_file,
     read_result_files,
     result_file,
+    write_classes_file,
     write_json_atomic,
     write_result_files,
 )
@@ -31,11 +35,46 @@ from detector.evaluation.voc_eval import (
 log = logging.getLogger(__name__)
 
 
+def _metrics(result_dir: Path) -> dict | None:
+    """A result folder's metrics.json, None when it has none; refused by name when unusable."""
+    path = result_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error}); rerun tools/test_det.py for it") from error
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("ap"), dict):
+        raise ValueError(f"{path} has no per-class \"ap\"; it is not a metrics file of tools/test_det.py "
+                         "(rerun it, or remove the file to use the result files' names)")
+    return metrics
+
+
+def result_dir_origin(result_dir: Path) -> dict:
+    """The split and dataset a result folder was made for, as far as its files record them."""
+    recorded = read_classes_file(result_dir) or _metrics(result_dir) or {}
+    return {key: recorded.get(key) for key in ("split", "dataset")}
+
+
+def check_same_origin(result_dirs: Sequence[Path], split: str, voc_root: Path) -> None:
+    """Refuse, by folder, results of another split or dataset than ``split`` of ``voc_root``."""
+    for folder in result_dirs:
+        origin = result_dir_origin(folder)
+        if origin["split"] is not None and origin["split"] != split:
+            raise ValueError(f"{folder} holds results of split {origin['split']!r}, not {split!r}")
+        if origin["dataset"] is not None and Path(origin["dataset"]).resolve() != Path(voc_root).resolve():
+            raise ValueError(f"{folder} holds results on dataset {origin['dataset']}, not {voc_root}")
+
+
 def result_dir_classes(result_dir: Path, split: str) -> list[str]:
-    """Class list of a result folder: the classes of its metrics.json, else of its file names."""
-    metrics = result_dir / METRICS_FILE
-    if metrics.is_file():
-        return sorted(json.loads(metrics.read_text())["ap"])
+    """Class list of a result folder: its classes.json, else the classes of its metrics.json, else of
+    its file names."""
+    recorded = read_classes_file(result_dir)
+    if recorded is not None:
+        return sorted(recorded["classes"])
+    metrics = _metrics(result_dir)
+    if metrics is not None:
+        return sorted(metrics["ap"])
     prefix = result_file(result_dir, split, "").name.removesuffix(".txt")
     classes = sorted(p.stem[len(prefix):] for p in result_dir.glob(f"{prefix}*.txt"))
     if not classes:
@@ -100,6 +139,7 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     of the merge with ``"inputs"``: the mAP of each input folder."""
     if len(result_dirs) < 2:
         raise ValueError("give at least two result folders to combine")
+    check_same_origin(result_dirs, split, voc_root)
     classes = check_same_classes(result_dirs, split)
     dataset = load_voc(voc_root, split, classes)
     ids = [r.image_id for r in dataset.records]
@@ -109,6 +149,7 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     merged = cap_per_image({c: merge_detections([s[c] for s in sets], nms_iou) for c in classes},
                            max_per_image)
     write_result_files(out_dir, split, merged, classes)
+    write_classes_file(out_dir, classes, split, voc_root)
     metrics = {"split": split, **_evaluate(dataset.records, merged, classes, use_07_metric),
                "inputs": inputs}
     write_json_atomic(out_dir / METRICS_FILE, metrics)

@@ -7,6 +7,12 @@ the cached maps and never all windows at once; the box regressors are fed during
 first pass from the same pooled features, so no window is pooled twice.  In R-CNN mode
 (``config.feature_path == "rcnn"``) there are no conv maps: every stage warps its windows and runs the
 trunk on each (``detector.features.rcnn``).
+
+Before any long work the run checks the device, the trunk name, that ``out_dir`` and the dataset's
+cache are writable and that the smallest scale gives the trunk a map (``detector.engine.stages``).
+Stage outputs are reused only when their provenance records match (``detector.engine.stages``,
+policies auto / resume / force).  An image whose conv maps cannot be made (decode or trunk error)
+is named in the log and left out of every later stage; the summary counts it.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import torch
 from bbox_regression.ridge import BoxRegressor, BoxRegressorTrainer
 from bbox_regression.training_pairs import select_training_pairs
 from detector.config import Config
+from detector.core.integrity import seal
 from detector.core.io import save_checkpoint, write_json_atomic
 from detector.core.paths import cache_root
 from detector.core.runtime import (
@@ -32,8 +39,17 @@ from detector.core.runtime import (
 from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows, build_windows
 from detector.data.voc import VOCDataset
+from detector.engine.stages import (
+    check_backbone_name,
+    check_device,
+    check_scales,
+    check_writable,
+    classifiers_record,
+    reusable_classifiers,
+)
+from detector.features.convmaps import backbone_fingerprint
 from detector.features.rcnn import RCNNFeatures
-from detector.head.finetune import PoolingContext, finetune
+from detector.head.finetune import PoolingContext, finetune, training_data_digest
 from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.cache import load_or_compute_proposals
@@ -81,7 +97,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
-    regression = BoxRegressorTrainer(config.bbox)
+    regression = BoxRegressorTrainer(config.bbox, model.classes)
     passes_started = 0
 
     def one_pass() -> Iterator[ImageFeatures]:
@@ -99,16 +115,20 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
                              record.labels, record.difficult)
 
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
-                     progress=progress)
+                     progress=progress, class_names=model.classes)
     return svm, regression, svm.training_stats or {}
 
 
-def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True) -> Path:
-    """Run every training stage for ``dataset``; returns the path of the written ``model.pt``."""
+def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True,
+                   policy: str = "auto") -> Path:
+    """Run every training stage for ``dataset``; returns the path of the written ``model.pt``
+    (``policy``: auto, resume or force, see ``detector.engine.stages``)."""
     if config.fc6_rank is not None:
         raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
                          f"trained model with tools/compress_net.py")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_device(config.device)
+    check_backbone_name(config.backbone)
+    check_writable([out_dir, cache_root(dataset.root)])
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}  # MiB, the peak so far at the end of each stage
@@ -120,13 +140,15 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
         release_freed_memory()
 
     start = time.perf_counter()
+    model = build_detector(config, dataset.classes, cache_root(dataset.root))
+    backbone, spp, provider = model.backbone, model.spp, model.conv_maps
+    check_scales(backbone, config.scales)
     train = training_windows(dataset, config, progress)
+    skipped = {"proposals": len(dataset.records) - len(train)}
     if not train:
         raise ValueError(f"no usable training image in {dataset.root} split {dataset.split}")
     end_stage("proposals", start)
 
-    model = build_detector(config, dataset.classes, cache_root(dataset.root))
-    backbone, spp, provider = model.backbone, model.spp, model.conv_maps
     stage = time.perf_counter()
     flips = (False, True) if config.sampling.flip else (False,)
     map_stats = {"bytes_per_image": 0.0}
@@ -135,6 +157,11 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
                                         desc="conv maps (train)")
         log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
                  map_stats["bytes_per_image"], len(config.scales), len(flips))
+        failed = set(map_stats.get("failed_ids", ()))
+        skipped["conv_maps"] = len(failed)
+        train = [w for w in train if w.record.image_id not in failed]
+        if not train:
+            raise ValueError(f"no training image of {dataset.root} split {dataset.split} gave conv maps")
     end_stage("conv_maps", stage)
 
     rcnn = RCNNFeatures.from_config(backbone, spp, config) if config.feature_path == "rcnn" else None
@@ -142,16 +169,19 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
                              normalise=backbone.pretrained_fc is None, rcnn=rcnn)
     stage = time.perf_counter()
     finetune_stats = finetune(model.head, context, train, dataset.classes, config,
-                              out_dir / "finetune.pt", progress)
+                              out_dir / "finetune.pt", progress, policy)
     end_stage("finetune", stage)
 
     classifiers_path = out_dir / "classifiers.pt"
     stage = time.perf_counter()
-    if classifiers_path.exists():
-        state = torch.load(classifiers_path, map_location="cpu", weights_only=False)
+    record = classifiers_record(config, list(dataset.classes), backbone_fingerprint(backbone),
+                                training_data_digest(train), finetune_stats["checksum"])
+    state = reusable_classifiers(classifiers_path, record, policy)
+    if state is not None:
         model.svm = SVMModel.from_state_dict(state["svm"])
         model.regressor = BoxRegressor.from_state_dict(state["regressor"])
-        log.info("SVMs and box regressors: reusing %s", classifiers_path)
+        log.info("SVMs and box regressors: %s was made with these settings and this head; reusing it",
+                 classifiers_path)
         svm_stats = state["stats"]
     else:
         with mapping_large_blocks():
@@ -159,14 +189,14 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
             peak_rss["svms"] = peak_rss_mib()
             release_freed_memory()
             model.regressor = regression.fit()
-        save_checkpoint(classifiers_path, {"svm": model.svm.state_dict(),
-                                           "regressor": model.regressor.state_dict(),
-                                           "stats": svm_stats})
+        save_checkpoint(classifiers_path, seal({"svm": model.svm.state_dict(),
+                                                "regressor": model.regressor.state_dict(),
+                                                "stats": svm_stats, "stage": record}))
     end_stage("svm_and_regression", stage)
     model_path = out_dir / "model.pt"
-    save_model(model_path, model)
+    save_model(model_path, model, stages={"finetune": finetune_stats.get("record"), "classifiers": record})
     timings["total"] = time.perf_counter() - start
-    summary = {"images": len(train), "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
+    summary = {"images": len(train), "skipped_images": skipped, "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
                "conv_map_bytes_per_image": map_stats["bytes_per_image"],
                "finetune": finetune_stats, "svm": svm_stats, "config": config.to_dict()}
     write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding

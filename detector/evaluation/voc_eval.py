@@ -30,9 +30,14 @@ detection, coordinates 1-based VOC (``boxes_to_voc``).  The score is written wit
 shortest round-trip repr (exact, so reading back never creates ties); each coordinate with
 the shortest repr of its float32 value, which is exactly what ``voc_to_boxes`` reads back,
 so writing what was read reproduces the file.  Files are written atomically.
+
+``classes.json`` (``write_classes_file``) beside the result files records the class list of the
+model that made them, the split and the dataset; ``evaluate_result_dir`` uses that list (a class
+the model never had must not enter the mAP) and refuses results of another split.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
@@ -51,6 +56,29 @@ from detector.evaluation.coco_eval import COCO_METRICS, coco_metrics
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+EVAL_METRICS_FILE = "metrics_eval.json"  # what --eval-only writes: the test run's metrics.json stays
+CLASSES_FILE = "classes.json"  # the class list, split and dataset the result files were made for
+
+
+def write_classes_file(result_dir: str | Path, classes: Sequence[str], split: str, dataset: str | Path) -> None:
+    """Record beside result files the model's class list, the split and the dataset folder."""
+    write_json_atomic(Path(result_dir) / CLASSES_FILE,
+                      {"classes": list(classes), "split": split, "dataset": str(Path(dataset).resolve())})
+
+
+def read_classes_file(result_dir: str | Path) -> dict | None:
+    """The ``classes.json`` of a result folder, or None when it has none; a broken one is refused by name."""
+    path = Path(result_dir) / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text())
+        if not isinstance(found.get("classes"), list) or not all(isinstance(c, str) for c in found["classes"]):
+            raise ValueError("no list of class names under 'classes'")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path} is not a readable class list ({error}); delete it or rerun tools/test_det.py") \
+            from error
+    return found
 
 
 @dataclass
@@ -307,17 +335,26 @@ def evaluate_result_dir(
     result_dir: str | Path,
     classes: Sequence[str] | None = None,
     use_07_metric: bool = True,
+    metrics_file: str = METRICS_FILE,
 ) -> dict:
     """Evaluate the devkit result files in ``result_dir`` against a VOC split's GT, write
-    ``result_dir/metrics.json`` (``evaluate_detection_set``'s dict plus ``"split"``, NaN as
-    null) and return it.  ``classes`` defaults to the dataset's classes."""
+    ``result_dir/metrics_file`` (``evaluate_detection_set``'s dict plus ``"split"``, NaN as
+    null) and return it.  ``classes`` defaults to the folder's ``classes.json`` (the list of the
+    model that made the results), else the dataset's classes."""
+    recorded = read_classes_file(result_dir)
+    if classes is None and recorded is not None:
+        classes = recorded["classes"]
+        logger.info("classes from %s: %s", Path(result_dir) / CLASSES_FILE, classes)
+    if recorded is not None and recorded.get("split") not in (None, split):
+        raise ValueError(f"{Path(result_dir) / CLASSES_FILE}: the results are of split {recorded['split']!r}, "
+                         f"not {split!r}")
     dataset = load_voc(voc_root, split, classes)
     detection_set = read_result_files(
         result_dir, split, dataset.classes, image_ids=[r.image_id for r in dataset.records]
     )
     metrics = {"split": split, **evaluate_detection_set(detection_set, dataset.records, dataset.classes,
                                                         use_07_metric)}
-    path = Path(result_dir) / METRICS_FILE
+    path = Path(result_dir) / metrics_file
     write_json_atomic(path, metrics)
     logger.info("wrote %s (mAP %s)", path, metrics["mAP"])
     return metrics

@@ -3,10 +3,15 @@
 The whole point of SPP-net: the trunk runs once per image per scale, never per window.
 Every later stage (fine-tuning, SVMs, box regression, test) reads the maps from this cache.
 
-File format: one ``.npz`` per (image, scale, flip) holding ``features`` (float16 C x h x w),
-``factor`` (the image resize factor), ``image_size`` (width, height) and ``crc32`` of the
-feature bytes.  Files are written atomically and verified when read: a file that fails to
-load, has the wrong shape or checksum is logged and recomputed, never used.
+File format (``CACHE_VERSION`` 2, in the folder name): one ``.npz`` per (image, scale, flip)
+holding ``features`` (float16 C x h x w), ``factor`` (the image resize factor), ``image_size``
+(width, height of the decoded image), ``image_digest`` (``detector.core.images.image_digest``, the
+SHA-256 of the image file's bytes) and ``crc32`` of the feature bytes.  Files are written
+atomically and verified when read: a file that fails to load, has the wrong shape or checksum,
+or was made from other image bytes (an image replaced or edited under the same id) is logged and
+recomputed, never used.  Version 1 files (no digest) sit in another folder and are never read.
+An image whose map cannot be made (decode or trunk error) is logged naming the file and listed
+in ``precompute``'s ``failed_ids``, so training leaves it out.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detector.core.images import load_image
+from detector.core.images import image_digest, load_image
 from detector.core.io import save_atomic
 from detector.core.records import ImageRecord
 from detector.core.runtime import trimming
@@ -31,13 +36,18 @@ from detector.features.geometry import image_scale_factor
 
 log = logging.getLogger(__name__)
 
+CACHE_VERSION = 2
+
 
 @dataclass
 class ConvMap:
-    """A cached conv map of one image at one scale: C x h x w features and the resize factor."""
+    """A conv map of one image at one scale: C x h x w features, the resize factor, and the size
+    (width, height) and content digest of the image it was made from (empty when unknown)."""
 
     features: np.ndarray
     factor: float
+    image_size: tuple[int, int] = (0, 0)
+    image_digest: str = ""
 
 
 def backbone_fingerprint(backbone: Backbone) -> str:
@@ -59,8 +69,9 @@ class ConvMapCache:
         name = quote(image_id, safe="") + ".npz"
         return self.folder / f"s{scale}{'-flip' if flip else ''}" / name
 
-    def load(self, image_id: str, scale: int, flip: bool) -> ConvMap | None:
-        """The cached map, or None when it is absent or broken (a broken file is logged)."""
+    def load(self, image_id: str, scale: int, flip: bool, digest: str | None = None) -> ConvMap | None:
+        """The cached map, or None when it is absent, broken or (``digest`` given) made from other
+        image bytes; a broken or stale file is logged."""
         path = self.path(image_id, scale, flip)
         if not path.exists():
             return None
@@ -69,6 +80,8 @@ class ConvMapCache:
                 features = data["features"]
                 factor = float(data["factor"])
                 crc = int(data["crc32"])
+                size = tuple(int(v) for v in data["image_size"])
+                stored_digest = str(data["image_digest"])
             if features.dtype != np.float16 or features.ndim != 3 or min(features.shape) < 1:
                 raise ValueError(f"bad array {features.dtype} {features.shape}")
             if zlib.crc32(features.tobytes()) != crc:
@@ -76,7 +89,11 @@ class ConvMapCache:
         except Exception as error:  # any unreadable file is recomputed, never used
             log.warning("conv map cache: %s is broken (%s); it will be recomputed", path, error)
             return None
-        return ConvMap(features, factor)
+        if digest is not None and stored_digest != digest:
+            log.warning("conv map cache: %s was made from other bytes of image %s (replaced or edited); "
+                        "it will be recomputed", path, image_id)
+            return None
+        return ConvMap(features, factor, size, stored_digest)
 
     def save(self, image_id: str, scale: int, flip: bool, conv_map: ConvMap) -> int:
         """Write atomically; returns the file size in bytes."""
@@ -85,12 +102,14 @@ class ConvMapCache:
         features = np.ascontiguousarray(conv_map.features, dtype=np.float16)
         save_atomic(path, lambda handle: np.savez(handle, features=features,
                                                   factor=np.float64(conv_map.factor),
+                                                  image_size=np.array(conv_map.image_size, np.int64),
+                                                  image_digest=np.str_(conv_map.image_digest),
                                                   crc32=np.int64(zlib.crc32(features.tobytes()))))
         return path.stat().st_size
 
 
 def compute_conv_map(backbone: Backbone, image: np.ndarray, scale: int, flip: bool,
-                     max_side: int, device: str = "cpu") -> ConvMap:
+                     max_side: int, device: str = "cpu", digest: str = "") -> ConvMap:
     """Run the trunk once on the image resized so its short side is ``scale``.
 
     The batch is channels-last: oneDNN's depthwise convolutions want it (EfficientNet-Lite0 on
@@ -101,7 +120,7 @@ def compute_conv_map(backbone: Backbone, image: np.ndarray, scale: int, flip: bo
     batch = backbone.prepare(image, factor, flip=flip).to(device)
     with torch.inference_mode():
         features = backbone(batch.contiguous(memory_format=torch.channels_last))[0]
-    return ConvMap(features.to("cpu", torch.float16).contiguous().numpy(), factor)
+    return ConvMap(features.to("cpu", torch.float16).contiguous().numpy(), factor, (width, height), digest)
 
 
 class ConvMapProvider:
@@ -117,16 +136,21 @@ class ConvMapProvider:
 
     def get(self, record: ImageRecord, scale: int, flip: bool,
             image: np.ndarray | None = None) -> ConvMap:
+        """The map of one image at one scale, from the cache when made from these image bytes."""
         conv_map = self._cached(record, scale, flip)
         if conv_map is None:
             image = load_image(record.path) if image is None else image
-            conv_map = compute_conv_map(self.backbone, image, scale, flip, self.max_side, self.device)
+            digest = image_digest(record.path) if self.cache is not None else ""
+            conv_map = compute_conv_map(self.backbone, image, scale, flip, self.max_side, self.device, digest)
             if self.cache is not None:
                 self.cache.save(record.image_id, scale, flip, conv_map)
         return conv_map
 
     def _cached(self, record: ImageRecord, scale: int, flip: bool) -> ConvMap | None:
-        return self.cache.load(record.image_id, scale, flip) if self.cache is not None else None
+        """The cached map made from the record's current image bytes, or None."""
+        if self.cache is None:
+            return None
+        return self.cache.load(record.image_id, scale, flip, image_digest(record.path))
 
     def get_scales(self, record: ImageRecord, scales: Sequence[int], flip: bool,
                    image: np.ndarray | None = None) -> list[ConvMap]:
@@ -149,26 +173,30 @@ class ConvMapProvider:
         if self.cache is None:
             raise ValueError("precompute needs a conv-map cache folder")
         records = list(records)
-        computed = failed = 0
+        computed = 0
+        failed_ids: list[str] = []
         total_bytes = 0
         for record in trimming(tqdm(records, desc=desc, disable=not progress, unit="img")):
-            missing = [(s, f) for f in flips for s in scales
-                       if self.cache.load(record.image_id, s, f) is None]
-            if missing:
-                try:
+            try:
+                digest = image_digest(record.path)
+                missing = [(s, f) for f in flips for s in scales
+                           if self.cache.load(record.image_id, s, f, digest) is None]
+                if missing:
                     image = load_image(record.path)
-                except Exception as error:
-                    log.error("conv maps: skipping %s: %s", record.path, error)
-                    failed += 1
-                    continue
-                for scale, flip in missing:
-                    conv_map = compute_conv_map(self.backbone, image, scale, flip,
-                                                self.max_side, self.device)
-                    self.cache.save(record.image_id, scale, flip, conv_map)
-                computed += 1
+                    for scale, flip in missing:
+                        conv_map = compute_conv_map(self.backbone, image, scale, flip,
+                                                    self.max_side, self.device, digest)
+                        self.cache.save(record.image_id, scale, flip, conv_map)
+                    computed += 1
+            except OSError:
+                raise  # a cache folder that cannot be written stops the run (the message names it)
+            except Exception as error:  # decode or trunk failure: this image only
+                log.error("conv maps: skipping image %s (%s): %s", record.image_id, record.path, error)
+                failed_ids.append(record.image_id)
+                continue
             total_bytes += sum(self.cache.path(record.image_id, s, f).stat().st_size
                                for f in flips for s in scales
                                if self.cache.path(record.image_id, s, f).exists())
-        done = max(len(records) - failed, 1)
-        return {"images": len(records), "computed": computed, "failed": failed,
-                "bytes_per_image": total_bytes / done}
+        done = max(len(records) - len(failed_ids), 1)
+        return {"images": len(records), "computed": computed, "failed": len(failed_ids),
+                "failed_ids": failed_ids, "bytes_per_image": total_bytes / done}

@@ -10,10 +10,23 @@ layers.  SGD with momentum and weight decay, a step schedule, and a checkpoint e
 class list, backbone, levels, scales and feature normalisation: a killed run resumes from it
 (the bank is rebuilt identically from the seed).  The last snapshot is the result: no
 snapshot is ever chosen by its score on an evaluation split.
+
+Stage keying: the checkpoint holds a provenance record (``detector.core.provenance``): the
+settings fine-tuning depends on (``detector.config.stage_settings(config, "finetune")``, which
+include ``finetune.iterations``), the class list, the trunk fingerprint and a digest of the
+training data (image ids, image bytes, boxes).  A checkpoint with an equal record is reused when
+complete and resumed when not; any other (another setting, an older file without a record) is
+logged with the keys that differ and fine-tuning starts afresh (``policy="auto"``), or the run is
+refused naming the file (``policy="resume"``); ``policy="force"`` always starts afresh.  The file is
+sealed (``detector.core.integrity``): a corrupt or truncated one is refused by name.  A loss or
+weight that is not finite stops fine-tuning with a ``ValueError`` naming the iteration; such a
+state is never checkpointed.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +37,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from detector.config import Config, SamplingConfig, upgrade_legacy
+from detector.config import Config, SamplingConfig, stage_settings, upgrade_legacy
 from detector.core.boxes import flip_boxes
+from detector.core.images import image_digest
+from detector.core.integrity import load_checked, seal
 from detector.core.io import save_checkpoint
+from detector.core.provenance import differences, make_record
 from detector.core.windows import ImageWindows
-from detector.features.convmaps import ConvMapProvider
+from detector.features.convmaps import ConvMapProvider, backbone_fingerprint
 from detector.features.geometry import TrunkGeometry
 from detector.features.pooling import pool_windows
 from detector.features.rcnn import RCNNFeatures
@@ -137,10 +153,48 @@ def check_compatible(state: dict, classes: Sequence[str], backbone: str, mode: s
                          "use another --out folder")
 
 
+REMEDY = "delete it (or run with --force) to fine-tune again"
+
+
+def training_data_digest(train: Sequence[ImageWindows]) -> str:
+    """Digest of the training images' ids, bytes (``image_digest``), GT boxes, labels and flags."""
+    digest = hashlib.sha256()
+    for windows in train:
+        record = windows.record
+        digest.update(f"{record.image_id}\0{image_digest(record.path)}\0".encode())
+        for array in (record.boxes, record.labels, record.difficult):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def finetune_record(context: PoolingContext, train: Sequence[ImageWindows], classes: Sequence[str],
+                    config: Config) -> dict:
+    """The provenance record a fine-tuning run with these inputs writes (module docstring)."""
+    trunk = backbone_fingerprint(context.rcnn.backbone if context.rcnn is not None else context.provider.backbone)
+    return make_record(stage_settings(config, "finetune"), list(classes), trunk,
+                       {"training_data": training_data_digest(train)})
+
+
+def read_finetune_checkpoint(path: Path) -> dict:
+    """The checked contents of ``finetune.pt`` (a corrupt file is refused by name)."""
+    return load_checked(path, "fine-tuning checkpoint", REMEDY, unsealed_ok=_old_checkpoint)
+
+
+def _old_checkpoint(state: dict) -> bool:
+    """True for a checkpoint written before checkpoints were sealed and keyed (read, then retrained)."""
+    return {"head", "iteration", "classes"} <= set(state) and "stage" not in state
+
+
+def _finite(head: SPPHead) -> bool:
+    """True when every parameter of the head is finite."""
+    return all(bool(torch.isfinite(p).all()) for p in head.parameters())
+
+
 def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindows],
              classes: Sequence[str], config: Config, checkpoint_path: Path,
-             progress: bool = True) -> dict:
-    """Train the head; resumes from ``checkpoint_path`` when it exists. Returns run statistics."""
+             progress: bool = True, policy: str = "auto") -> dict:
+    """Train the head; reuses or resumes ``checkpoint_path`` when its record matches (module
+    docstring; ``policy`` auto, resume or force). Returns run statistics with the file's checksum."""
     device = torch.device(config.device)
     head.to(device)
     params = [p for name, p in head.named_parameters() if name.startswith(("fc6", "fc7", "fc8"))]
@@ -152,15 +206,25 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     state = None
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        check_compatible(state, classes, config.backbone, config.feature_path)
-        if state["iteration"] >= config.finetune.iterations:
+    record = finetune_record(context, train, classes, config)
+    if checkpoint_path.exists() and policy != "force":
+        state = read_finetune_checkpoint(checkpoint_path)
+        changed = differences(state.get("stage"), record)
+        if changed and policy == "resume":
+            raise ValueError(f"{checkpoint_path} was made with other settings or inputs ("
+                             + "; ".join(changed) + "); use another --out, or rerun without --resume "
+                             "to fine-tune again")
+        if changed:
+            log.warning("fine-tuning: %s was made with other settings or inputs (%s); fine-tuning again",
+                        checkpoint_path, "; ".join(changed))
+            state = None
+        elif state["iteration"] >= config.finetune.iterations:
             head.load_state_dict(state["head"])
             head.eval()
-            log.info("fine-tuning: %s is complete (%d iterations); reusing it",
+            log.info("fine-tuning: %s is complete (%d iterations) and made with these settings; reusing it",
                      checkpoint_path, state["iteration"])
-            return {"iterations": 0, "seconds": 0.0, "reused": str(checkpoint_path)}
+            return {"iterations": 0, "seconds": 0.0, "reused": str(checkpoint_path),
+                    "checksum": state["checksum"], "record": record}
     started = time.perf_counter()
     sampling = config.sampling
     flips = (False, True) if config.sampling.flip else (False,)
@@ -183,14 +247,21 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         head.set_normalisation(bank.features[:20000])
     head.train()
 
-    def checkpoint(iteration: int) -> None:
-        save_checkpoint(checkpoint_path, {
+    def checkpoint(iteration: int) -> str:
+        """Save a sealed checkpoint (never of a non-finite head); returns its checksum."""
+        if not _finite(head):
+            raise ValueError(f"fine-tuning diverged before iteration {iteration}: the fc weights are not "
+                             f"finite; lower finetune.lr (now {config.finetune.lr}); {checkpoint_path} "
+                             "keeps its last finite state")
+        sealed = seal({
             "head": head.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "iteration": iteration,
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "classes": list(classes), "backbone": config.backbone,
             "levels": tuple(context.spp.levels), "scales": tuple(context.scales),
-            "config": config.to_dict()})
+            "config": config.to_dict(), "stage": record})
+        save_checkpoint(checkpoint_path, sealed)
+        return sealed["checksum"]
 
     losses: list[float] = []
     correct = seen = 0
@@ -201,11 +272,16 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         x, y = x.to(device), y.to(device)
         logits = head(x)
         loss = F.cross_entropy(logits, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise ValueError(f"fine-tuning diverged at iteration {iteration + 1}: loss is {loss_value}; "
+                             f"lower finetune.lr (now {config.finetune.lr}); {checkpoint_path} keeps its "
+                             "last finite state and is not complete")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
+        losses.append(loss_value)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         if (iteration + 1) % 50 == 0:
@@ -214,9 +290,9 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
             correct = seen = 0
         if (iteration + 1) % config.finetune.checkpoint_every == 0:
             checkpoint(iteration + 1)
-    checkpoint(config.finetune.iterations)
+    checksum = checkpoint(config.finetune.iterations)
     head.eval()
-    return {"iterations": config.finetune.iterations - start, "seconds": time.perf_counter() - started,
+    return {"checksum": checksum, "record": record, "iterations": config.finetune.iterations - start, "seconds": time.perf_counter() - started,
             "bank_seconds": bank_seconds, "bank_windows": len(bank.labels),
             "bank_foreground": len(bank.foreground),
             "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}

@@ -10,6 +10,12 @@ initialised or user-supplied trunk is reproduced exactly), the SPP levels, the f
 feature normalisation, the SVMs (with their feature scale) and the box regressors, as plain
 tensors and arrays.  Files written before the config had sections (``sppnet-detector-v1``, a
 flat config) still load: their keys are renamed (``detector.config.LEGACY_KEYS``).
+
+Since ``sppnet-detector-v3`` the file is sealed (``detector.core.integrity``: a SHA-256 of all its
+tensors and values) and records ``stages``, the provenance of its fine-tuned head and of its
+classifiers (``detector.engine.stages``).  ``read_model_file`` refuses, naming the file and what to
+do, a file that is missing, unreadable (truncated, not a torch file), not a model or that fails its
+checksum; files of the older formats (no checksum) are read unchecked.
 """
 from __future__ import annotations
 
@@ -18,19 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from bbox_regression.ridge import BoxRegressor
 from detector.config import Config, config_from_dict, upgrade_legacy
+from detector.core.integrity import StateFileError, load_checked, seal
 from detector.core.io import save_checkpoint
+from detector.core.runtime import check_device
 from detector.features.backbones import Backbone, build_backbone
-from detector.features.convmaps import ConvMapCache, ConvMapProvider, backbone_fingerprint
+from detector.features.convmaps import CACHE_VERSION, ConvMapCache, ConvMapProvider, backbone_fingerprint
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
 from svm.linear_svm import SVMModel
 
-FORMAT = "sppnet-detector-v2"
-LEGACY_FORMATS = ("sppnet-detector-v1",)
+FORMAT = "sppnet-detector-v3"
+LEGACY_FORMATS = ("sppnet-detector-v1", "sppnet-detector-v2")
+REMEDY = "retrain it with tools/train_det.py (or copy the model file again)"
 
 
 @dataclass
@@ -60,7 +67,7 @@ class DetectorModel:
 
 def conv_map_folder(cache_dir: Path, backbone: Backbone, config: Config) -> Path:
     """The conv-map folder of one trunk in a dataset's cache (its weights' fingerprint names it)."""
-    tag = f"{backbone.name}-{backbone_fingerprint(backbone)}-max{config.max_side}"
+    tag = f"{backbone.name}-{backbone_fingerprint(backbone)}-max{config.max_side}-v{CACHE_VERSION}"
     return Path(cache_dir) / "convmaps" / tag
 
 
@@ -92,9 +99,10 @@ def build_detector(config: Config, classes: Sequence[str], cache_dir: str | Path
     return DetectorModel(list(classes), config, backbone, spp, head, svm, regressor, conv_maps)
 
 
-def model_state(model: DetectorModel) -> dict[str, Any]:
-    """What ``model.pt`` holds (see the module docstring)."""
-    return {
+def model_state(model: DetectorModel, stages: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What ``model.pt`` holds (see the module docstring), sealed; ``stages``: the provenance records
+    of the stages that made its parts (None: a model assembled outside training)."""
+    return seal({
         "format": FORMAT,
         "classes": list(model.classes),
         "config": model.config.to_dict(),
@@ -103,12 +111,13 @@ def model_state(model: DetectorModel) -> dict[str, Any]:
         "head": model.head.state_dict(),
         "svm": model.svm.state_dict() if model.svm is not None else None,
         "regressor": model.regressor.state_dict() if model.regressor is not None else None,
-    }
+        "stages": dict(stages) if stages is not None else None,
+    })
 
 
-def save_model(path: Path, model: DetectorModel) -> None:
-    """Write ``model.pt`` atomically."""
-    save_checkpoint(path, model_state(model))
+def save_model(path: Path, model: DetectorModel, stages: Mapping[str, Any] | None = None) -> None:
+    """Write ``model.pt`` atomically, sealed, with the provenance ``stages`` of its parts."""
+    save_checkpoint(path, model_state(model, stages))
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
@@ -117,12 +126,9 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist (train one with tools/train_det.py)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated, not a torch file: torch raises many kinds
-        raise ValueError(f"{path} is not a readable model file ({type(error).__name__}: {error})") from error
-    if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY_FORMATS):
-        raise ValueError(f"{path} is not a {FORMAT} model file")
+    state = load_checked(path, "model file", REMEDY, unsealed_ok=lambda s: s.get("format") in LEGACY_FORMATS)
+    if state.get("format") not in (FORMAT, *LEGACY_FORMATS):
+        raise StateFileError(f"{path} is not a {FORMAT} model file; {REMEDY}")
     if state["format"] in LEGACY_FORMATS:
         state = {**state, "config": upgrade_legacy(state["config"]), "format": FORMAT}
     return state
@@ -138,4 +144,5 @@ def load_model(path: str | Path, device: str | None = None, cache_dir: str | Pat
         config = config_from_dict(state["config"], changes)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
+    check_device(config.device)
     return build_detector(config, state["classes"], cache_dir, state)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import detector.head.finetune as finetune_module
 from detector.config import LEGACY_KEYS, SamplingConfig, make_config
 from detector.core.paths import cache_root
 from detector.data.demo import make_demo_dataset
@@ -74,28 +75,44 @@ def test_provider_recomputes_a_broken_map(tiny_demo):
     assert provider.cache.load(record.image_id, 224, False) is not None
 
 
-def _finetune(dataset, config, checkpoint):
+def _finetune(dataset, config, checkpoint, policy="auto"):
     backbone = build_backbone(config.backbone)
     spp = SpatialPyramidPooling(backbone.levels)
     provider = conv_map_provider(backbone, config, dataset.root)
     head = SPPHead(spp.output_size(backbone.channels), config.fc_width, len(dataset.classes))
     context = PoolingContext(provider, spp, backbone.geometry, config.scales)
     stats = finetune(head, context, training_windows(dataset, config, False), dataset.classes,
-                     config, checkpoint, progress=False)
+                     config, checkpoint, progress=False, policy=policy)
     return head, stats
 
 
-def test_finetuning_resumes_exactly_and_refuses_other_classes(tiny_demo, tmp_path):
+class Killed(Exception):
+    """Stands for a kill right after the first checkpoint was written."""
+
+
+def test_finetuning_resumes_exactly_and_restarts_for_other_settings(tiny_demo, tmp_path, monkeypatch, caplog):
     dataset = load_voc(tiny_demo, "train")
     straight, _ = _finetune(dataset, make_config("cpu", TINY), tmp_path / "a.pt")
-    _finetune(dataset, make_config("cpu", {**TINY, "finetune.iterations": 10}), tmp_path / "b.pt")  # "killed" at 10
+    real_save = finetune_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise Killed
+
+    monkeypatch.setattr(finetune_module, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        _finetune(dataset, make_config("cpu", TINY), tmp_path / "b.pt")  # killed after iteration 10
+    monkeypatch.setattr(finetune_module, "save_checkpoint", real_save)
     resumed, stats = _finetune(dataset, make_config("cpu", TINY), tmp_path / "b.pt")
     assert stats["iterations"] == 20
     for name, tensor in straight.state_dict().items():
         assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
+    # a complete checkpoint made for other classes or settings is never reused
     other = load_voc(tiny_demo, "train", classes=list(reversed(dataset.classes)))
-    with pytest.raises(ValueError, match="classes"):
-        _finetune(other, make_config("cpu", TINY), tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="b.pt was made with other settings.*classes"):
+        _finetune(other, make_config("cpu", TINY), tmp_path / "b.pt", policy="resume")
+    _, stats = _finetune(dataset, make_config("cpu", {**TINY, "finetune.lr": 0.02}), tmp_path / "b.pt")
+    assert stats["iterations"] == 30 and "finetune.lr: 0.01 -> 0.02" in caplog.text
 
 
 def test_window_bank_holds_each_images_sampled_windows_in_order(tiny_demo):
@@ -146,7 +163,8 @@ def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
     new_names = {new: old for old, new in LEGACY_KEYS.items()}
     flat = {new_names.get(key, key): value for key, value in model.config.flat().items()
             if key in new_names or "." not in key}
-    torch.save({**state, "format": "sppnet-detector-v1", "config": flat}, tmp_path / "old.pt")
+    old_state = {k: v for k, v in state.items() if k not in ("checksum", "stages")}  # v1 had neither
+    torch.save({**old_state, "format": "sppnet-detector-v1", "config": flat}, tmp_path / "old.pt")
     old = load_model(tmp_path / "old.pt")
     assert old.config == model.config and old.classes == model.classes
     assert all(torch.equal(v, old.head.state_dict()[k]) for k, v in model.head.state_dict().items())

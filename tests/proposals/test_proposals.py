@@ -303,7 +303,7 @@ def test_load_or_compute_proposals_uses_the_default_folder(
     proposals = load_or_compute_proposals(dataset.root, dataset.records, "fast", 500, workers=1, progress=False)
     assert list(proposals) == ["id/0"]
     folder = default_cache_folder(tmp_path, "fast", 500)
-    assert str(folder).startswith(str(tmp_path / "caches")) and folder.name.startswith("fast-500-v1-")
+    assert str(folder).startswith(str(tmp_path / "caches")) and folder.name.startswith(f"fast-500-v{cache_module.CACHE_VERSION}-")
     assert default_cache_folder(tmp_path, "quality", 500).name.split("-")[-1] != folder.name.split("-")[-1]
     assert ProposalCache(folder).path("id/0").is_file()
 

@@ -1,0 +1,41 @@
+"""What made a stage output: its provenance record, and what differs between two records.
+
+A record is a plain dict saved inside the stage's file: ``settings`` (the flat config keys the
+stage depends on, ``detector.config.stage_settings``), ``classes``, ``trunk`` (the trunk's weight
+fingerprint) and ``inputs`` (digests of what the stage consumed: the training data, the upstream
+stage file's checksum).  An output is reused only when its record equals the one a rerun would
+write; ``differences`` names every key that does not, for the log line and the refusal message.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+
+def make_record(settings: Mapping[str, Any], classes: list[str], trunk: str,
+                inputs: Mapping[str, str]) -> dict[str, Any]:
+    """A provenance record, JSON-normalised (tuples as lists) so that saved and new ones compare equal."""
+    return json.loads(json.dumps({"settings": dict(settings), "classes": list(classes), "trunk": trunk,
+                                  "inputs": dict(inputs)}, default=str))
+
+
+def _short(value: Any) -> str:
+    """A value for a log line, cut to 60 characters."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every entry of two records that differs (a missing record: one line)."""
+    if not old:
+        return ["no record of the settings that made it (written by an older version)"]
+    lines = []
+    for part in ("settings", "inputs"):
+        before, after = old.get(part, {}) or {}, new.get(part, {}) or {}
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                lines.append(f"{key}: {_short(before.get(key))} -> {_short(after.get(key))}")
+    for part in ("classes", "trunk"):
+        if old.get(part) != new.get(part):
+            lines.append(f"{part}: {_short(old.get(part))} -> {_short(new.get(part))}")
+    return lines

@@ -1,0 +1,148 @@
+"""Reruns into one --out never pair stages made by different settings; saved files are checked."""
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from detector.config import make_config, stage_settings
+from detector.core.integrity import StateFileError
+from detector.data.demo import make_demo_dataset
+from detector.data.voc import load_voc
+from detector.engine.stages import read_classifiers
+from detector.engine.train import train_detector
+from detector.head.finetune import read_finetune_checkpoint
+from detector.model.detector import read_model_file
+
+TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 20, "finetune.lr_steps": (15,),
+        "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
+        "sampling.windows_per_image": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPPNET_CACHE", str(cache))
+    root = make_demo_dataset(cache / "demo", n_train=6, n_test=4, seed=3)
+    yield root
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_demo, tmp_path_factory):
+    """One trained run folder (its files are copied by tests that change them)."""
+    out = tmp_path_factory.mktemp("run")
+    train_detector(load_voc(tiny_demo, "train"), make_config("cpu", TINY), out, progress=False)
+    return out
+
+
+def stage_files(out):
+    """The checked states of a run folder's three files."""
+    return (read_finetune_checkpoint(out / "finetune.pt"),
+            read_classifiers(out / "classifiers.pt"),
+            read_model_file(out / "model.pt"))
+
+
+def assert_consistent(out, config):
+    """model.pt, classifiers.pt and finetune.pt were all made by ``config``, each from the next upstream."""
+    tuned, classifiers, model = stage_files(out)
+    assert tuned["stage"]["settings"] == json.loads(json.dumps(stage_settings(config, "finetune")))
+    assert classifiers["stage"]["settings"] == json.loads(json.dumps(stage_settings(config, "classifiers")))
+    assert classifiers["stage"]["inputs"]["finetune.pt"] == tuned["checksum"]
+    assert model["stages"]["classifiers"] == classifiers["stage"]
+    assert model["stages"]["finetune"] == tuned["stage"]
+    assert model["config"] == config.to_dict()
+    for name, tensor in tuned["head"].items():
+        assert torch.equal(tensor, model["head"][name]), name
+    return tuned, classifiers
+
+
+def test_changed_settings_never_pair_stages_made_by_other_settings(tiny_demo, first_run, tmp_path, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(first_run, out)
+    dataset = load_voc(tiny_demo, "train")
+    tuned, classifiers = assert_consistent(out, make_config("cpu", TINY))
+    caplog.set_level(logging.INFO)
+
+    config = make_config("cpu", {**TINY, "svm.C": 0.01})  # head reused, SVMs retrained
+    train_detector(dataset, config, out, progress=False)
+    assert "finetune.pt is complete" in caplog.text and "svm.C: 0.001 -> 0.01" in caplog.text
+    tuned_b, classifiers_b = assert_consistent(out, config)
+    assert tuned_b["checksum"] == tuned["checksum"] and classifiers_b["checksum"] != classifiers["checksum"]
+
+    caplog.clear()
+    config = make_config("cpu", {**TINY, "svm.C": 0.01, "seed": 1})  # everything retrained
+    train_detector(dataset, config, out, progress=False)
+    assert "seed: 0 -> 1" in caplog.text and "finetune.pt: " in caplog.text  # classifiers: new upstream
+    tuned_c, _ = assert_consistent(out, config)
+    assert tuned_c["checksum"] != tuned["checksum"]
+
+    caplog.clear()
+    config = make_config("cpu", {**TINY, "svm.C": 0.01, "seed": 1, "fc_width": 32, "finetune.iterations": 30})
+    train_detector(dataset, config, out, progress=False)  # once a size-mismatch traceback
+    assert "fc_width: 64 -> 32" in caplog.text and "finetune.iterations: 20 -> 30" in caplog.text
+    tuned_d, _ = assert_consistent(out, config)
+    assert tuned_d["head"]["fc6.weight"].shape[0] == 32 and tuned_d["iteration"] == 30
+
+    # --resume refuses, naming the file and the key, instead of retraining
+    with pytest.raises(ValueError, match=r"classifiers.pt was made with other settings.*svm.C: 0.01 -> 0.1"):
+        train_detector(dataset, config.replace(**{"svm.C": 0.1}), out, progress=False, policy="resume")
+    assert_consistent(out, config)  # nothing was touched
+
+
+def flip_byte(path, fraction):
+    """Invert the byte at ``fraction`` of the file's length."""
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * fraction)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+READERS = {
+    "finetune.pt": read_finetune_checkpoint,
+    "classifiers.pt": read_classifiers,
+    "model.pt": read_model_file,
+}
+
+
+@pytest.mark.parametrize("name", sorted(READERS))
+def test_flipped_truncated_or_foreign_files_are_refused_by_name(first_run, tmp_path, name):
+    read = READERS[name]
+    original = (first_run / name).read_bytes()
+    path = tmp_path / name
+    for fraction in (0.25, 0.5, 0.75):
+        path.write_bytes(original)
+        flip_byte(path, fraction)
+        with pytest.raises(StateFileError, match=str(path)):
+            read(path)
+    # anywhere in the file: refused, or (zip padding, unused bytes) the very same content
+    good = read(first_run / name)
+    for fraction in [i / 40 for i in range(1, 40)]:
+        path.write_bytes(original)
+        flip_byte(path, fraction)
+        try:
+            state = read(path)
+        except StateFileError as error:
+            assert str(path) in str(error)
+        else:
+            assert state["checksum"] == good["checksum"]
+    path.write_bytes(original[:len(original) // 2])
+    with pytest.raises(StateFileError, match=f"{path}.*unreadable"):
+        read(path)
+    path.write_bytes(b'{"not": "a model"}')
+    with pytest.raises(StateFileError, match=str(path)):
+        read(path)
+    torch.save({"something": torch.zeros(3)}, path)
+    with pytest.raises(StateFileError, match=str(path)):
+        read(path)
+
+
+def test_a_corrupt_stage_file_stops_training_naming_it(tiny_demo, first_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(first_run, out)
+    flip_byte(out / "finetune.pt", 0.5)
+    with pytest.raises(StateFileError, match=f"{out / 'finetune.pt'}.*delete it"):
+        train_detector(load_voc(tiny_demo, "train"), make_config("cpu", TINY), out, progress=False)
+    train_detector(load_voc(tiny_demo, "train"), make_config("cpu", TINY), out, progress=False, policy="force")
+    assert_consistent(out, make_config("cpu", TINY))
