@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -139,8 +139,10 @@ def check_compatible(state: dict, classes: Sequence[str], backbone: str, mode: s
 
 def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindows],
              classes: Sequence[str], config: Config, checkpoint_path: Path,
-             progress: bool = True) -> dict:
-    """Train the head; resumes from ``checkpoint_path`` when it exists. Returns run statistics."""
+             progress: bool = True, on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Train the head; resumes from ``checkpoint_path`` when it exists. Returns run statistics.
+    ``on_progress`` gets ``{"iteration", "loss", "fg_accuracy", "accuracy", "lr"}`` every
+    ``finetune.history_every`` iterations (means over those iterations)."""
     device = torch.device(config.device)
     head.to(device)
     params = [p for name, p in head.named_parameters() if name.startswith(("fc6", "fc7", "fc8"))]
@@ -193,7 +195,7 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
             "config": config.to_dict()})
 
     losses: list[float] = []
-    correct = seen = 0
+    correct = seen = fg_correct = fg_seen = 0
     bar = tqdm(range(start, config.finetune.iterations), desc="fine-tuning", disable=not progress,
                initial=start, total=config.finetune.iterations, unit="it")
     for iteration in bar:
@@ -206,12 +208,19 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        correct += int((logits.argmax(1) == y).sum())
+        hits = logits.argmax(1) == y
+        correct += int(hits.sum())
         seen += len(y)
-        if (iteration + 1) % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
+        fg_correct += int(hits[y > 0].sum())
+        fg_seen += int((y > 0).sum())
+        if (iteration + 1) % config.finetune.history_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-config.finetune.history_every:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
                             lr=f"{schedule.get_last_lr()[0]:.0e}")
-            correct = seen = 0
+            if on_progress is not None:
+                on_progress({"iteration": iteration + 1, "loss": float(np.mean(losses[-config.finetune.history_every:])),
+                             "fg_accuracy": fg_correct / max(fg_seen, 1), "accuracy": correct / max(seen, 1),
+                             "lr": float(schedule.get_last_lr()[0])})
+            correct = seen = fg_correct = fg_seen = 0
         if (iteration + 1) % config.finetune.checkpoint_every == 0:
             checkpoint(iteration + 1)
     checkpoint(config.finetune.iterations)
