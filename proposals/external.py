@@ -38,7 +38,7 @@ def check_boxes(boxes: object, width: int, height: int, where: str) -> np.ndarra
     try:
         array = np.asarray(boxes, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: boxes are not numbers ({error})") from error
+        raise ValueError(f"{where}: boxes must be a list of [x1, y1, x2, y2] numbers ({error})") from error
     if array.size == 0:
         return np.zeros((0, 4), np.float32)
     if array.ndim != 2 or array.shape[1] != 4:

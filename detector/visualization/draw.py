@@ -73,7 +73,7 @@ def draw_label(image: np.ndarray, text: str, x: float, y: float, colour: Sequenc
 
 def _rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int) -> None:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
-    cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), tuple(colour), thickness, cv2.LINE_AA)
+    cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), tuple(colour), thickness)
 
 
 def _dashed_rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int) -> None:
@@ -88,7 +88,7 @@ def _dashed_rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[
             t0, t1 = min(1.0, 2 * i * dash / max(length, 1e-6)), min(1.0, (2 * i + 1) * dash / max(length, 1e-6))
             start = (int(round(ax + (bx - ax) * t0)), int(round(ay + (by - ay) * t0)))
             end = (int(round(ax + (bx - ax) * t1)), int(round(ay + (by - ay) * t1)))
-            cv2.line(image, start, end, tuple(colour), thickness, cv2.LINE_AA)
+            cv2.line(image, start, end, tuple(colour), thickness)
 
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
