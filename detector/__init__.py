@@ -1,7 +1,7 @@
 """SPP-net object detection.  The public entry points, imported lazily (PEP 562) so that
 importing a base module such as ``detector.core.boxes`` does not load every stage:
 
-    from detector import make_config, train_detector, load_model, test_detector, VOCEvaluator
+    from detector import Detector, make_config, train_detector, load_model, test_detector, VOCEvaluator
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ _EXPORTS = {
     "load_model": "detector.model.detector",
     "save_model": "detector.model.detector",
     "detect": "detector.inference.detect",
+    "Detector": "detector.inference.predictor",
+    "Prediction": "detector.inference.predictor",
+    "evaluate_result_dir": "detector.evaluation.voc_eval",
     "VOCEvaluator": "detector.evaluation.evaluator",
     "train_detector": "detector.engine.train",
     "test_detector": "detector.engine.test",

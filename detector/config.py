@@ -49,6 +49,9 @@ class ProposalConfig:
     method: str = "fast"  # selective search mode: fast, quality or opencv-fast
     max_side: int = 500  # images are searched with their long side at most this, boxes mapped back
     workers: int = 2  # processes computing missing proposals
+    # None: selective search (above); else a folder of per-image files or one JSON file of boxes
+    # from elsewhere, read and checked by proposals.external (format in its docstring)
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     checkpoint_every: int = 500  # iterations between resumable checkpoints
+    history_every: int = 50  # iterations between progress records (progress bar, DIR/history.jsonl)
 
 
 @dataclass(frozen=True)
@@ -322,10 +326,10 @@ def check_config(config: Config) -> None:
         problems.append(f"fc_width and max_side must be >= 1 and dropout in [0, 1), got "
                         f"{config.fc_width}, {config.max_side}, {config.dropout}")
     tune = config.finetune
-    if tune.batch_size < 1 or tune.iterations < 0 or tune.checkpoint_every < 1:
-        problems.append(f"finetune.batch_size and finetune.checkpoint_every must be >= 1 and "
+    if tune.batch_size < 1 or tune.iterations < 0 or tune.checkpoint_every < 1 or tune.history_every < 1:
+        problems.append(f"finetune.batch_size, checkpoint_every and history_every must be >= 1 and "
                         f"finetune.iterations >= 0, got {tune.batch_size}, {tune.checkpoint_every}, "
-                        f"{tune.iterations}")
+                        f"{tune.history_every}, {tune.iterations}")
     for name in ("lr", "lr_gamma", "momentum", "weight_decay"):
         value = getattr(tune, name)
         if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):

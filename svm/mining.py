@@ -199,8 +199,11 @@ class HardNegativeMiner:
     """
 
     def __init__(self, num_classes: int, feature_scale: float, config: SVMConfig,
-                 class_names: Sequence[str] | None = None) -> None:
-        """``class_names``: the names used in log messages (default: the class numbers)."""
+                 class_names: Sequence[str] | None = None,
+                 on_retrain: Callable[[dict], None] | None = None) -> None:
+        """``class_names``: the names used in log messages (default: the class numbers);
+        ``on_retrain`` gets ``{"class", "retrain", "pass", "positives", "negatives", "evicted",
+        "seconds"}`` after every retrain of a class (cache sizes after eviction)."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not (np.isfinite(feature_scale) and feature_scale > 0):
@@ -219,6 +222,7 @@ class HardNegativeMiner:
         self.stats = MiningStats(classes=[ClassMiningStats() for _ in range(num_classes)])
         self._added_since_retrain = np.zeros(num_classes, dtype=np.int64)
         self._image_codes: dict[str, int] = {}
+        self.on_retrain = on_retrain
 
     def model(self) -> SVMModel:
         """The current SVMs (a copy)."""
@@ -399,6 +403,10 @@ class HardNegativeMiner:
         seconds = time.perf_counter() - start
         class_stats.seconds += seconds
         class_stats.retrain_seconds += seconds
+        if self.on_retrain is not None:
+            self.on_retrain({"class": label, "retrain": class_stats.retrains, "pass": self.stats.passes + 1,
+                             "positives": len(positives), "negatives": cache.size, "evicted": evicted,
+                             "seconds": seconds})
         logger.debug(
             "SVM class %s retrain %d: %d pos, %d neg, evicted %d, %.2f s",
             self.names[label], class_stats.retrains, len(positives), cache.size + evicted, evicted, seconds,
@@ -417,10 +425,11 @@ def train_svms(
     config: SVMConfig,
     progress: bool = True,
     class_names: Sequence[str] | None = None,
+    on_retrain: Callable[[dict], None] | None = None,
 ) -> SVMModel:
     """Train K SVMs with hard negative mining; ``images()`` gives a fresh iterator per pass.
 
     The returned model carries the mining record in ``training_stats`` (also logged, classes named
-    by ``class_names``).
+    by ``class_names``); ``on_retrain`` is called after every retrain (``HardNegativeMiner``).
     """
-    return HardNegativeMiner(num_classes, feature_scale, config, class_names).run(images, progress)
+    return HardNegativeMiner(num_classes, feature_scale, config, class_names, on_retrain).run(images, progress)

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("detector.model",),
     ("detector.inference",),
     ("detector.evaluation",),
+    ("detector.visualization",),
     ("detector.engine",),
     ("detector.benchmarks",),
     ("detector.cli",),

@@ -4,26 +4,31 @@
                              [--images N] [--feature-path spp|rcnn] [--scorer svm|softmax]
     python tools/test_det.py --voc-root ROOT --split SPLIT --eval-only DIR [--metric voc07|voc10]
 
-With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json and
-DIR2/metrics.json and prints the AP table, the COCO metrics and seconds per image per stage.
+With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json,
+DIR2/metrics.json and the precision-recall curves DIR2/pr_curves.json and DIR2/pr_curves.png, and
+prints the AP table, the COCO metrics and seconds per image per stage.  ``--show-dir DIR3`` draws
+the first ``--show N`` (20) images with their detections and ground truth.
 With no --voc-root it tests on the embedded demo dataset's test split.
 ``--eval-only DIR`` reads ``DIR/comp4_det_<split>_<class>.txt`` for the classes of
 ``DIR/classes.json`` (the model's list, written by the test run; else --classes or the
-annotations'), prints the AP table and writes ``DIR/metrics_eval.json``, leaving the test run's
-``metrics.json`` as it was (a class with no result file has AP 0).
+annotations'), prints the AP table and writes ``DIR/metrics_eval.json`` (leaving the test run's
+``metrics.json`` as it was), ``DIR/pr_curves.json`` and ``DIR/pr_curves.png`` (a class with no
+result file has AP 0).
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from detector.cli.common import add_dataset_arguments, dataset_from_args, dataset_root_from_args, setup_logging
 from detector.config import FEATURE_PATHS
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
-from detector.engine.test import test_detector
-from detector.evaluation.voc_eval import EVAL_METRICS_FILE, evaluate_result_dir, format_ap_table
+from detector.engine.test import PR_CURVES_PNG, test_detector
+from detector.evaluation.voc_eval import EVAL_METRICS_FILE, PR_CURVES_FILE, evaluate_result_dir, format_ap_table
 from detector.model.detector import load_model
+from detector.visualization.plots import plot_pr_curves
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, metavar="N",
                         help="test on the first N images of the split only (default: all)")
     parser.add_argument("--device", help="cpu or cuda (default: the model's)")
+    parser.add_argument("--proposals", type=Path, metavar="DIR_OR_FILE",
+                        help="boxes from elsewhere instead of selective search: a folder of <id>.json / <id>.npz "
+                             "or one JSON {id: [[x1, y1, x2, y2], ...]} (proposals/external.py; default: the "
+                             "model's proposals.source, selective search unless it was trained on such a source)")
+    parser.add_argument("--show-dir", type=Path, metavar="DIR",
+                        help="draw the first --show test images with detections and ground truth into DIR "
+                             "(green true positive, red false positive, dashed yellow missed ground truth)")
+    parser.add_argument("--show", type=int, default=20, metavar="N", help="images drawn with --show-dir (default 20)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.eval_only is not None:
@@ -63,16 +76,20 @@ def main(argv: list[str] | None = None) -> None:
         if args.eval_only is not None:
             metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,
                                           use_07_metric=args.metric == "voc07", metrics_file=EVAL_METRICS_FILE)
+            curves = json.loads((args.eval_only / PR_CURVES_FILE).read_text())
+            plot_pr_curves(curves, args.eval_only / PR_CURVES_PNG, f"{args.split} ({metrics['num_images']} images)")
             print(format_ap_table(metrics))
+            print(f"wrote {args.eval_only / PR_CURVES_PNG}")
             return
-        overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path}
+        overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path,
+                     "proposals.source": str(args.proposals.resolve()) if args.proposals is not None else None}
         model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)),
                            {k: v for k, v in overrides.items() if v is not None})
         dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
         if args.images is not None:
             dataset = dataset.first(args.images)
         metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
-                                progress=not args.quiet)
+                                progress=not args.quiet, show_dir=args.show_dir, show=args.show)
         print(format_ap_table(metrics))
         print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
     except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file

@@ -1,4 +1,6 @@
-"""Train an SPP-net detector: proposals, conv maps, fine-tuning, SVMs, box regression -> DIR/model.pt."""
+"""Train an SPP-net detector: proposals, conv maps, fine-tuning, SVMs, box regression -> DIR/model.pt.
+
+DIR also gets the run's record: config.json, train.log, history.jsonl, training_curves.png."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     add_dataset_arguments(parser, default_demo_split="train")
     add_config_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    parser.add_argument("--proposals", metavar="DIR_OR_FILE",
+                        help="boxes from elsewhere instead of selective search: a folder of <id>.json / <id>.npz "
+                             "or one JSON {id: [[x1, y1, x2, y2], ...]} (proposals/external.py); the same as "
+                             "--set proposals.source=DIR_OR_FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--resume", action="store_true",
@@ -30,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     keep_freed_memory()
+    if args.proposals is not None:
+        args.set = [*args.set, f"proposals.source={Path(args.proposals).resolve()}"]
     config = config_from_args(args)
     dataset = dataset_from_args(args, default_demo_split="train")
     try:

@@ -21,6 +21,7 @@ from torchvision.ops import batched_nms
 from detector.core.detections import Detections
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
+from detector.engine.test import write_pr_curves
 from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import (
     METRICS_FILE,
@@ -125,17 +126,18 @@ def cap_per_image(detection_set: dict[str, Detections], max_per_image: int) -> d
     return out
 
 
-def _evaluate(records: Sequence[ImageRecord], detection_set: dict[str, Detections], classes: Sequence[str],
-              use_07_metric: bool) -> dict:
+def _evaluator(records: Sequence[ImageRecord], detection_set: dict[str, Detections], classes: Sequence[str],
+               use_07_metric: bool) -> VOCEvaluator:
     evaluator = VOCEvaluator(classes, use_07_metric)
     evaluator.process_set(records, detection_set)
-    return evaluator.evaluate()
+    return evaluator
 
 
 def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path], out_dir: Path,
                          nms_iou: float = 0.3, max_per_image: int = 100,
                          use_07_metric: bool = True) -> dict:
-    """Merge result folders, write the merged result files and metrics.json; return the metrics
+    """Merge result folders, write the merged result files, metrics.json and the precision-recall
+    curves (pr_curves.json, pr_curves.png); return the metrics
     of the merge with ``"inputs"``: the mAP of each input folder."""
     if len(result_dirs) < 2:
         raise ValueError("give at least two result folders to combine")
@@ -144,13 +146,14 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     dataset = load_voc(voc_root, split, classes)
     ids = [r.image_id for r in dataset.records]
     sets = [read_result_files(d, split, classes, image_ids=ids) for d in result_dirs]
-    inputs = {str(d): _evaluate(dataset.records, s, classes, use_07_metric)["mAP"]
+    inputs = {str(d): _evaluator(dataset.records, s, classes, use_07_metric).evaluate()["mAP"]
               for d, s in zip(result_dirs, sets)}
     merged = cap_per_image({c: merge_detections([s[c] for s in sets], nms_iou) for c in classes},
                            max_per_image)
     write_result_files(out_dir, split, merged, classes)
     write_classes_file(out_dir, classes, split, voc_root)
-    metrics = {"split": split, **_evaluate(dataset.records, merged, classes, use_07_metric),
-               "inputs": inputs}
+    evaluator = _evaluator(dataset.records, merged, classes, use_07_metric)
+    metrics = {"split": split, **evaluator.evaluate(), "inputs": inputs}
     write_json_atomic(out_dir / METRICS_FILE, metrics)
+    write_pr_curves(out_dir, evaluator.pr_curves(), f"merge of {len(result_dirs)} models, {split}")
     return metrics

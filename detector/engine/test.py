@@ -17,25 +17,31 @@ from detector.core.io import write_json_atomic
 from detector.core.runtime import trimming
 from detector.core.timing import StageTimer
 from detector.data.voc import VOCDataset
+from detector.engine.show import KeepFirst, draw_test_images
 from detector.engine.stages import check_writable
 from detector.evaluation.coco_eval import detections_to_coco_json
 from detector.evaluation.evaluator import VOCEvaluator
-from detector.evaluation.voc_eval import write_classes_file, write_result_files
+from detector.evaluation.voc_eval import PR_CURVES_FILE, write_classes_file, write_pr_curves_json, write_result_files
 from detector.inference.detect import detect
+from detector.inference.predictor import default_score_threshold
 from detector.model.detector import DetectorModel
-from proposals.cache import load_or_compute_proposals
+from detector.visualization.plots import plot_pr_curves
+from proposals.external import load_proposals
 
 log = logging.getLogger(__name__)
 
+PR_CURVES_PNG = "pr_curves.png"
 
-def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvaluator,
+
+def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvaluator | KeepFirst,
                  progress: bool = True) -> StageTimer:
-    """Detect on every image of the split, feeding ``evaluator``; returns the per-stage timings."""
+    """Detect on every image of the split, feeding ``evaluator`` (anything with its ``process``);
+    returns the per-stage timings."""
     timer = StageTimer()
     with timer.stage("proposals"):
-        proposals = load_or_compute_proposals(dataset.root, dataset.records, model.config.proposals.method,
-                                              model.config.proposals.max_side, model.config.proposals.workers,
-                                              progress)
+        proposals = load_proposals(dataset.root, dataset.records, model.config.proposals.method,
+                                   model.config.proposals.max_side, model.config.proposals.workers,
+                                   progress, model.config.proposals.source)
     timer.skipped = len(dataset.records) - len(proposals)
     for record in trimming(tqdm(dataset.records, desc="detecting", disable=not progress, unit="img")):
         if record.image_id not in proposals:
@@ -53,12 +59,16 @@ def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvalua
 
 
 def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
-                  use_07_metric: bool = True, progress: bool = True) -> dict:
-    """Detect, write devkit result files, COCO JSON and metrics.json, and return the metrics."""
-    check_writable([out_dir])
+                  use_07_metric: bool = True, progress: bool = True,
+                  show_dir: Path | None = None, show: int = 20) -> dict:
+    """Detect, write devkit result files, COCO JSON, metrics.json and the precision-recall curves
+    (pr_curves.json, pr_curves.png), and return the metrics; with ``show_dir``, also draw the
+    first ``show`` images (``detector.engine.show``)."""
+    check_writable([out_dir] + ([show_dir] if show_dir is not None else []))
     write_classes_file(out_dir, model.classes, dataset.split, dataset.root)
     evaluator = VOCEvaluator(model.classes, use_07_metric)
-    timer = run_detector(model, dataset, evaluator, progress)
+    keeper = KeepFirst(evaluator, show if show_dir is not None else 0)
+    timer = run_detector(model, dataset, keeper, progress)
     detection_set = evaluator.detection_set()
     write_result_files(out_dir, dataset.split, detection_set, model.classes)
     write_json_atomic(out_dir / "detections_coco.json",
@@ -68,7 +78,16 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     metrics.update({"split": dataset.split, "dataset": str(dataset.root), "classes": list(model.classes),
                     "skipped_images": timer.skipped})
     write_json_atomic(out_dir / "metrics.json", metrics)
+    write_pr_curves(out_dir, evaluator.pr_curves(), f"{dataset.split} ({len(dataset.records)} images)")
+    if show_dir is not None:
+        draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir)
     return metrics
+
+
+def write_pr_curves(out_dir: Path, curves: dict, title: str = "") -> None:
+    """``out_dir/pr_curves.json`` and ``out_dir/pr_curves.png`` from ``voc_eval.pr_curves``' dict."""
+    write_pr_curves_json(out_dir / PR_CURVES_FILE, curves)
+    plot_pr_curves(curves, out_dir / PR_CURVES_PNG, title)
 
 
 test_detector.__test__ = False  # a library function, not a pytest test

@@ -39,6 +39,7 @@ from detector.core.runtime import (
 from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows, build_windows
 from detector.data.voc import VOCDataset
+from detector.engine.record import TrainingRecord
 from detector.engine.stages import (
     check_backbone_name,
     check_device,
@@ -52,7 +53,7 @@ from detector.features.rcnn import RCNNFeatures
 from detector.head.finetune import PoolingContext, finetune, training_data_digest
 from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel, build_detector, save_model
-from proposals.cache import load_or_compute_proposals
+from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
 from svm.features import ImageFeatures
 from svm.mining import SVMModel, train_svms
@@ -62,8 +63,8 @@ log = logging.getLogger(__name__)
 
 def training_windows(dataset: VOCDataset, config: Config, progress: bool = True) -> list[ImageWindows]:
     """Proposals of every image (computed in parallel and cached) stacked under its GT boxes."""
-    proposals = load_or_compute_proposals(dataset.root, dataset.records, config.proposals.method, config.proposals.max_side,
-                                          config.proposals.workers, progress)
+    proposals = load_proposals(dataset.root, dataset.records, config.proposals.method, config.proposals.max_side,
+                               config.proposals.workers, progress, config.proposals.source)
     return [build_windows(r, proposals[r.image_id]) for r in dataset.records if r.image_id in proposals]
 
 
@@ -91,8 +92,9 @@ class SizedPass:
         return self.make()
 
 
-def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
-                      progress: bool = True) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
+def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
+                      on_retrain: Callable[[dict], None] | None = None
+                      ) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
     """Per-class SVMs (hard negative mining) on fc7 and box regressors on pooled conv5."""
     config = model.config
     rng = np.random.default_rng(config.seed)
@@ -115,14 +117,22 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
                              record.labels, record.difficult)
 
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
-                     progress=progress, class_names=model.classes)
+                     progress=progress, class_names=model.classes, on_retrain=on_retrain)
     return svm, regression, svm.training_stats or {}
 
 
 def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True,
                    policy: str = "auto") -> Path:
     """Run every training stage for ``dataset``; returns the path of the written ``model.pt``
-    (``policy``: auto, resume or force, see ``detector.engine.stages``)."""
+    (``policy``: auto, resume or force, see ``detector.engine.stages``).  The run's config, log and
+    history are kept in ``out_dir`` (``detector.engine.record``)."""
+    with TrainingRecord(out_dir, config, dataset.classes) as history:
+        return _train_stages(dataset, config, Path(out_dir), progress, policy, history)
+
+
+def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool, policy: str,
+                  history: TrainingRecord) -> Path:
+    """The stages of ``train_detector``, recording progress in ``history``."""
     if config.fc6_rank is not None:
         raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
                          f"trained model with tools/compress_net.py")
@@ -169,7 +179,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
                              normalise=backbone.pretrained_fc is None, rcnn=rcnn)
     stage = time.perf_counter()
     finetune_stats = finetune(model.head, context, train, dataset.classes, config,
-                              out_dir / "finetune.pt", progress, policy)
+                              out_dir / "finetune.pt", progress, policy, history.finetune)
     end_stage("finetune", stage)
 
     classifiers_path = out_dir / "classifiers.pt"
@@ -185,7 +195,7 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
         svm_stats = state["stats"]
     else:
         with mapping_large_blocks():
-            model.svm, regression, svm_stats = train_classifiers(model, train, progress)
+            model.svm, regression, svm_stats = train_classifiers(model, train, progress, history.svm_retrain)
             peak_rss["svms"] = peak_rss_mib()
             release_freed_memory()
             model.regressor = regression.fit()

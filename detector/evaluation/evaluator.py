@@ -14,7 +14,7 @@ import numpy as np
 
 from detector.core.detections import Detections, DetectionSet, ImageDetections
 from detector.core.records import ImageRecord
-from detector.evaluation.voc_eval import evaluate_detection_set, evaluate_detections, json_number
+from detector.evaluation.voc_eval import evaluate_detection_set, evaluate_detections, json_number, pr_curves
 
 
 class VOCEvaluator:
@@ -59,3 +59,7 @@ class VOCEvaluator:
         voc = evaluate_detections(self.detection_set(), self.records, self.classes, self.use_07_metric)
         return {"metric": "voc07" if self.use_07_metric else "voc10", "num_images": len(self.records),
                 "mAP": json_number(voc.mAP), "ap": {name: json_number(v) for name, v in voc.ap.items()}}
+
+    def pr_curves(self) -> dict:
+        """The precision / recall curve of every class (``voc_eval.pr_curves``)."""
+        return pr_curves(self.detection_set(), self.records, self.classes, self.use_07_metric)

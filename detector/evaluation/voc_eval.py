@@ -132,10 +132,21 @@ def _unknown_ids(image_ids: np.ndarray, known: Collection[str]) -> list[str]:
     return sorted(i for i in np.unique(image_ids).tolist() if i not in known)
 
 
-def _match(
+@dataclass
+class _Matches:
+    """Matching of one class's detections, in ranking order (``order``: rows of the input)."""
+
+    order: np.ndarray
+    tp: np.ndarray
+    ignored: np.ndarray
+    best_gt: np.ndarray  # GT id (class GT boxes numbered image by image in ranking order of images), -1: none
+    npos: int
+
+
+def _match_ranked(
     dets: Detections, records: Sequence[ImageRecord], class_index: int, iou_threshold: float
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(tp, fp, npos)``: 0/1 flags per detection in ranking order, and the positive count.
+) -> _Matches:
+    """Devkit matching of one class (see the module notes), in ranking order.
 
     The greedy "first come takes the GT" rule reduces to: among ranked detections whose best
     GT is a non-difficult match, the first one per GT is the TP.
@@ -171,10 +182,46 @@ def _match(
     ignored = matched & best_difficult
     candidates = np.flatnonzero(matched & ~best_difficult)
     _, first = np.unique(best_gt[candidates], return_index=True)
-    tp = np.zeros(n, dtype=np.float64)
-    tp[candidates[first]] = 1.0
-    fp = 1.0 - tp - ignored
-    return tp, fp, npos
+    tp = np.zeros(n, dtype=bool)
+    tp[candidates[first]] = True
+    return _Matches(order, tp, ignored, np.where(matched, best_gt, -1), npos)
+
+
+def _match(
+    dets: Detections, records: Sequence[ImageRecord], class_index: int, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(tp, fp, npos)``: 0/1 flags per detection in ranking order, and the positive count."""
+    matches = _match_ranked(dets, records, class_index, iou_threshold)
+    tp = matches.tp.astype(np.float64)
+    return tp, 1.0 - tp - matches.ignored, matches.npos
+
+
+@dataclass
+class ImageMatch:
+    """One image's detections judged as the evaluation judges them: ``tp`` / ``ignored`` (matched
+    a difficult GT) per detection, the rest false positives; ``missed`` per GT box (non-difficult,
+    taken by no detection)."""
+
+    tp: np.ndarray
+    ignored: np.ndarray
+    missed: np.ndarray
+
+
+def match_image(record: ImageRecord, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                iou_threshold: float = 0.5) -> ImageMatch:
+    """Devkit matching (``_match_ranked``, class by class) of one image's detections to its GT."""
+    tp = np.zeros(len(scores), dtype=bool)
+    ignored = np.zeros(len(scores), dtype=bool)
+    taken = np.zeros(len(record.labels), dtype=bool)
+    for k in np.unique(labels):
+        rows = np.flatnonzero(labels == k)
+        dets = Detections([record.image_id] * len(rows), scores[rows], boxes[rows])
+        matches = _match_ranked(dets, [record], int(k), iou_threshold)
+        tp[rows[matches.order]] = matches.tp
+        ignored[rows[matches.order]] = matches.ignored
+        gt_rows = np.flatnonzero(record.labels == k)  # one image: GT id = index among its class's boxes
+        taken[gt_rows[matches.best_gt[matches.tp]]] = True
+    return ImageMatch(tp, ignored, ~taken & ~record.difficult)
 
 
 def evaluate_class(
@@ -236,6 +283,35 @@ def evaluate_detection_set(
         "ap": {name: json_number(value) for name, value in voc.ap.items()},
         "coco": {name: json_number(value) for name, value in coco.items()},
     }
+
+
+PR_CURVES_FILE = "pr_curves.json"
+
+
+def pr_curves(
+    detection_set: DetectionSet,
+    records: Sequence[ImageRecord],
+    classes: Sequence[str],
+    use_07_metric: bool = True,
+) -> dict:
+    """The precision / recall curve of every class as ``evaluate_class`` computes it, JSON-ready:
+    ``{"metric": "voc07"|"voc10", "classes": {name: {"ap", "npos", "precision": [...],
+    "recall": [...]}}}`` (one point per ranked detection; a class without positives has AP
+    null and empty curves).  ``voc_ap(recall, precision, metric == "voc07")`` gives ``ap`` back."""
+    check_class_names(detection_set, classes)
+    curves = {}
+    for k, name in enumerate(classes):
+        result = evaluate_class(detection_set.get(name, Detections.empty()), records, k, use_07_metric=use_07_metric)
+        defined = result.npos > 0
+        curves[name] = {"ap": json_number(result.ap), "npos": result.npos,
+                        "precision": result.precision.tolist() if defined else [],
+                        "recall": result.recall.tolist() if defined else []}
+    return {"metric": "voc07" if use_07_metric else "voc10", "classes": curves}
+
+
+def write_pr_curves_json(path: str | Path, curves: Mapping) -> None:
+    """Write ``pr_curves``' dict atomically, compact (a VOC test has ~10^5 points per class)."""
+    write_text_atomic(path, json.dumps(curves, separators=(",", ":")) + "\n")
 
 
 def result_file(out_dir: str | Path, split: str, class_name: str) -> Path:
@@ -339,8 +415,9 @@ def evaluate_result_dir(
 ) -> dict:
     """Evaluate the devkit result files in ``result_dir`` against a VOC split's GT, write
     ``result_dir/metrics_file`` (``evaluate_detection_set``'s dict plus ``"split"``, NaN as
-    null) and return it.  ``classes`` defaults to the folder's ``classes.json`` (the list of the
-    model that made the results), else the dataset's classes."""
+    null) and ``result_dir/pr_curves.json`` (``pr_curves``), and return the metrics.  ``classes``
+    defaults to the folder's ``classes.json`` (the list of the model that made the results), else
+    the dataset's classes."""
     recorded = read_classes_file(result_dir)
     if classes is None and recorded is not None:
         classes = recorded["classes"]
@@ -356,6 +433,8 @@ def evaluate_result_dir(
                                                         use_07_metric)}
     path = Path(result_dir) / metrics_file
     write_json_atomic(path, metrics)
+    write_pr_curves_json(Path(result_dir) / PR_CURVES_FILE,
+                         pr_curves(detection_set, dataset.records, dataset.classes, use_07_metric))
     logger.info("wrote %s (mAP %s)", path, metrics["mAP"])
     return metrics
 

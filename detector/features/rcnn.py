@@ -186,8 +186,9 @@ class RCNNFeatures:
         return out
 
     def pool_record(self, record: ImageRecord, boxes: np.ndarray, flip: bool = False,
-                    timer: StageTimer | None = None) -> torch.Tensor:
-        """``pool`` on the image of ``record`` (decoded in stage ``conv``, as SPP mode does)."""
+                    timer: StageTimer | None = None, image: np.ndarray | None = None) -> torch.Tensor:
+        """``pool`` on the image of ``record`` (decoded in stage ``conv``, as SPP mode does,
+        unless its RGB pixels are given as ``image``)."""
         with _stage(timer, "conv"):
-            image = load_image(record.path)
+            image = load_image(record.path) if image is None else image
         return self.pool(image, boxes, flip, timer)

@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -192,9 +192,12 @@ def _finite(head: SPPHead) -> bool:
 
 def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindows],
              classes: Sequence[str], config: Config, checkpoint_path: Path,
-             progress: bool = True, policy: str = "auto") -> dict:
+             progress: bool = True, policy: str = "auto",
+             on_progress: Callable[[dict], None] | None = None) -> dict:
     """Train the head; reuses or resumes ``checkpoint_path`` when its record matches (module
-    docstring; ``policy`` auto, resume or force). Returns run statistics with the file's checksum."""
+    docstring; ``policy`` auto, resume or force). Returns run statistics with the file's checksum.
+    ``on_progress`` gets ``{"iteration", "loss", "fg_accuracy", "accuracy", "lr"}`` every
+    ``finetune.history_every`` iterations (means over those iterations)."""
     device = torch.device(config.device)
     head.to(device)
     params = [p for name, p in head.named_parameters() if name.startswith(("fc6", "fc7", "fc8"))]
@@ -264,7 +267,7 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         return sealed["checksum"]
 
     losses: list[float] = []
-    correct = seen = 0
+    correct = seen = fg_correct = fg_seen = 0
     bar = tqdm(range(start, config.finetune.iterations), desc="fine-tuning", disable=not progress,
                initial=start, total=config.finetune.iterations, unit="it")
     for iteration in bar:
@@ -282,12 +285,19 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         optimizer.step()
         schedule.step()
         losses.append(loss_value)
-        correct += int((logits.argmax(1) == y).sum())
+        hits = logits.argmax(1) == y
+        correct += int(hits.sum())
         seen += len(y)
-        if (iteration + 1) % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
+        fg_correct += int(hits[y > 0].sum())
+        fg_seen += int((y > 0).sum())
+        if (iteration + 1) % config.finetune.history_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-config.finetune.history_every:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
                             lr=f"{schedule.get_last_lr()[0]:.0e}")
-            correct = seen = 0
+            if on_progress is not None:
+                on_progress({"iteration": iteration + 1, "loss": float(np.mean(losses[-config.finetune.history_every:])),
+                             "fg_accuracy": fg_correct / max(fg_seen, 1), "accuracy": correct / max(seen, 1),
+                             "lr": float(schedule.get_last_lr()[0])})
+            correct = seen = fg_correct = fg_seen = 0
         if (iteration + 1) % config.finetune.checkpoint_every == 0:
             checkpoint(iteration + 1)
     checksum = checkpoint(config.finetune.iterations)

@@ -47,17 +47,17 @@ class WindowFeatures:
 
 
 def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
-                    timer: StageTimer, batch: int = 1024) -> WindowFeatures:
+                    timer: StageTimer, batch: int = 1024, image: np.ndarray | None = None) -> WindowFeatures:
     """Pooled pyramid features and fc7 features of the windows, each at its best scale and
     computed once per distinct window (SPP mode), or each from its own warped trunk pass
-    (R-CNN mode)."""
+    (R-CNN mode); ``image``: the record's RGB pixels when already in memory."""
     if model.config.feature_path == "rcnn":
         pooled = RCNNFeatures.from_config(model.backbone, model.spp, model.config).pool_record(
-            record, boxes, timer=timer)
+            record, boxes, timer=timer, image=image)
         rows = np.arange(len(pooled), dtype=np.int64)
     else:
         with timer.stage("conv"):
-            maps = model.conv_maps.get_scales(record, model.scales, flip=False)
+            maps = model.conv_maps.get_scales(record, model.scales, flip=False, image=image)
         with timer.stage("pooling"):
             scale_index = select_scales(boxes, record.height, record.width, model.scales,
                                         model.config.max_side)
@@ -83,10 +83,10 @@ def score_windows(model: DetectorModel, fc7: torch.Tensor) -> np.ndarray:
 
 
 def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
-           timer: StageTimer) -> ImageDetections:
-    """Run the test pipeline on one image's proposals."""
+           timer: StageTimer, image: np.ndarray | None = None) -> ImageDetections:
+    """Run the test pipeline on one image's proposals (``image``: its RGB pixels, if in memory)."""
     boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
-    features = window_features(model, record, boxes, timer)
+    features = window_features(model, record, boxes, timer, image=image)
     with timer.stage("scoring"):
         scores = score_windows(model, features.fc7)[features.rows]
         threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"

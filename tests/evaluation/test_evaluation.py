@@ -21,14 +21,17 @@ from detector.core.detections import Detections
 from detector.core.records import ImageRecord
 from detector.data.voc import write_voc_annotation
 from detector.evaluation.coco_eval import COCO_METRICS, coco_metrics, detections_to_coco_json
+from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import (
     evaluate_class,
     evaluate_detection_set,
     evaluate_detections,
     format_ap_table,
+    match_image,
     read_result_files,
     result_file,
     voc_ap,
+    write_pr_curves_json,
     write_result_files,
 )
 
@@ -460,3 +463,43 @@ def test_test_det_reports_bad_input(tmp_path):
     make_tiny_voc(root)
     with pytest.raises(SystemExit, match="result folder .*missing not found"):
         load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(tmp_path / "missing")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision-recall curves and per-image matching (what the plots and drawn pictures use)
+
+
+@pytest.mark.parametrize("use_07", [True, False])
+def test_ap_recomputed_from_pr_curves_json_equals_the_evaluators(tmp_path, use_07):
+    records, rows = random_case(np.random.default_rng(11))
+    classes = ["a", "b", "c", "never"]
+    evaluator = VOCEvaluator(classes, use_07, coco=False)
+    evaluator.process_set(records, {classes[k]: detections(rows[k]) for k in range(3)})
+    metrics = evaluator.evaluate()
+    write_pr_curves_json(tmp_path / "pr_curves.json", evaluator.pr_curves())
+    curves = json.loads((tmp_path / "pr_curves.json").read_text())
+    assert curves["metric"] == metrics["metric"] == ("voc07" if use_07 else "voc10")
+    for name in classes[:3]:
+        curve = curves["classes"][name]
+        assert len(curve["precision"]) == len(curve["recall"]) == len(rows[classes.index(name)])
+        recomputed = voc_ap(np.array(curve["recall"]), np.array(curve["precision"]), curves["metric"] == "voc07")
+        assert recomputed == metrics["ap"][name] == curve["ap"]
+    assert curves["classes"]["never"] == {"ap": None, "npos": 0, "precision": [], "recall": []}
+
+
+def test_match_image_agrees_with_the_evaluation(seed=4):
+    records, rows = random_case(np.random.default_rng(seed))
+    totals = np.zeros(3)
+    for record_ in records:
+        found = [(k, r) for k in range(3) for r in rows[k] if r[0] == record_.image_id]
+        boxes = voc_to_boxes(np.array([r[2] for _, r in found]).reshape(-1, 4))
+        scores = np.array([r[1] for _, r in found], np.float64)
+        labels = np.array([k for k, _ in found], np.int64)
+        match = match_image(record_, boxes, scores, labels)
+        assert not (match.tp & match.ignored).any()
+        usable = ~record_.difficult
+        assert match.missed.sum() == usable.sum() - match.tp.sum()  # each TP takes one usable GT
+        totals += np.bincount(labels[match.tp], minlength=3)
+    for k in range(3):
+        result = evaluate_class(detections(rows[k]), records, k)
+        assert totals[k] == (round(result.recall[-1] * result.npos) if len(rows[k]) else 0)

@@ -1,0 +1,145 @@
+"""Boxes drawn on images: detections with class names and scores, and detections judged
+against ground truth (true positive, false positive, missed ground truth).
+
+Decisions:
+- OpenCV draws (``cv2.rectangle``, ``cv2.putText`` with ``LINE_AA``); images are RGB uint8 in
+  and out, written through ``cv2.imencode`` and ``detector.core.io`` (atomic).
+- One colour per class from ``PALETTE``, a fixed list (class k takes entry k mod its length),
+  so a class has the same colour in every picture of a model.
+- Labels ("name 0.93") sit on a box of the class colour filled solid, the text black or white
+  by the colour's luminance, so they read on any image; a label that would leave the image
+  at the top goes inside the box.
+- Line width and font size grow with the image (``_style``): about 1/300 and 1/600 of the short
+  side, so a label stays legible on a 300-pixel demo image and on a 4000-pixel photo.
+- Missed ground truth is drawn dashed: OpenCV has no dashed rectangle, so ``_dashed_rectangle``
+  draws short segments (a few dozen ``cv2.line`` calls per box).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from detector.core.io import write_bytes_atomic
+
+# Distinct saturated colours (RGB), readable as box outlines on photos; 20 entries for VOC.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
+    (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
+    (128, 128, 128), (255, 225, 25),
+)
+TP_COLOUR = (40, 200, 40)
+FP_COLOUR = (230, 30, 30)
+MISSED_COLOUR = (255, 220, 0)
+IGNORED_COLOUR = (160, 160, 160)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    """The fixed colour of class index ``label``."""
+    return PALETTE[int(label) % len(PALETTE)]
+
+
+def _style(image: np.ndarray) -> tuple[int, float]:
+    """Line thickness and font scale for an image of this size."""
+    short = min(image.shape[:2])
+    return max(1, round(short / 300)), max(0.4, short / 600)
+
+
+def _text_colour(colour: Sequence[int]) -> tuple[int, int, int]:
+    """Black on light colours, white on dark ones (ITU-R BT.601 luma)."""
+    luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+    return (0, 0, 0) if luma > 140 else (255, 255, 255)
+
+
+def draw_label(image: np.ndarray, text: str, x: float, y: float, colour: Sequence[int]) -> None:
+    """Write ``text`` on a filled box of ``colour`` just above (x, y), or below it near the top."""
+    thickness, scale = _style(image)
+    font_thickness = max(1, thickness - 1) if scale < 1 else thickness
+    (width, height), baseline = cv2.getTextSize(text, _FONT, scale, font_thickness)
+    pad = max(2, thickness)
+    x0 = int(np.clip(x, 0, max(image.shape[1] - width - 2 * pad, 0)))
+    y0 = int(y) - height - baseline - 2 * pad
+    if y0 < 0:
+        y0 = int(y)
+    y0 = min(y0, max(image.shape[0] - height - baseline - 2 * pad, 0))
+    cv2.rectangle(image, (x0, y0), (x0 + width + 2 * pad, y0 + height + baseline + 2 * pad), tuple(colour), -1)
+    cv2.putText(image, text, (x0 + pad, y0 + pad + height), _FONT, scale, _text_colour(colour), font_thickness,
+                cv2.LINE_AA)
+
+
+def _rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int) -> None:
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), tuple(colour), thickness)
+
+
+def _dashed_rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int) -> None:
+    """A rectangle of dashes (see the module notes)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x2, y2 = x2 - 1, y2 - 1
+    dash = max(4.0, 4.0 * thickness)
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = max(abs(bx - ax), abs(by - ay))
+        steps = max(1, int(length // (2 * dash)))
+        for i in range(steps + 1):
+            t0, t1 = min(1.0, 2 * i * dash / max(length, 1e-6)), min(1.0, (2 * i + 1) * dash / max(length, 1e-6))
+            start = (int(round(ax + (bx - ax) * t0)), int(round(ay + (by - ay) * t0)))
+            end = (int(round(ax + (bx - ax) * t1)), int(round(ay + (by - ay) * t1)))
+            cv2.line(image, start, end, tuple(colour), thickness)
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                    classes: Sequence[str]) -> np.ndarray:
+    """A copy of ``image`` with each box in its class colour and a "name score" label."""
+    canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    thickness, _ = _style(canvas)
+    order = np.argsort(scores, kind="stable")  # best drawn last, on top
+    for i in order:
+        colour = class_colour(labels[i])
+        _rectangle(canvas, boxes[i], colour, thickness)
+    for i in order:
+        draw_label(canvas, f"{classes[labels[i]]} {scores[i]:.2f}", boxes[i][0], boxes[i][1], class_colour(labels[i]))
+    return canvas
+
+
+def draw_legend(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> None:
+    """Coloured entries ("true positive", ...) stacked in the top-left corner."""
+    _, scale = _style(image)
+    (_, height), baseline = cv2.getTextSize("Ag", _FONT, scale, 1)
+    step = height + baseline + 2 * max(2, _style(image)[0]) + 2
+    for row, (text, colour) in enumerate(entries):
+        draw_label(image, text, 0, row * step, colour)
+
+
+def draw_evaluation(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                    classes: Sequence[str], tp: np.ndarray, ignored: np.ndarray, gt_boxes: np.ndarray,
+                    gt_labels: np.ndarray, missed: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` with detections judged against GT: true positives green, false positives
+    red, detections of difficult GT grey, missed GT dashed yellow, and a legend."""
+    canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    thickness, _ = _style(canvas)
+    for box, label in zip(gt_boxes[missed], gt_labels[missed]):
+        _dashed_rectangle(canvas, box, MISSED_COLOUR, thickness)
+    colours = [TP_COLOUR if t else IGNORED_COLOUR if g else FP_COLOUR for t, g in zip(tp, ignored)]
+    order = np.argsort(scores, kind="stable")
+    for i in order:
+        _rectangle(canvas, boxes[i], colours[i], thickness)
+    for i in order:
+        draw_label(canvas, f"{classes[labels[i]]} {scores[i]:.2f}", boxes[i][0], boxes[i][1], colours[i])
+    for box, label in zip(gt_boxes[missed], gt_labels[missed]):
+        draw_label(canvas, f"missed {classes[label]}", box[0], box[3], MISSED_COLOUR)
+    draw_legend(canvas, [("true positive", TP_COLOUR), ("false positive", FP_COLOUR),
+                         ("missed ground truth", MISSED_COLOUR)])
+    return canvas
+
+
+def save_image(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 image atomically (format from the suffix: .jpg, .png, ...)."""
+    path = Path(path)
+    ok, data = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode an image as {path.suffix!r} for {path}")
+    write_bytes_atomic(path, data.tobytes())

@@ -1,0 +1,78 @@
+"""What a training run and a test run leave in their folders: the training record, the
+precision-recall curves, the drawn test images; and external proposals wired through testing."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from detector.core.images import load_image
+from detector.data.voc import load_voc
+from detector.engine.record import read_history
+from detector.engine.test import test_detector
+from detector.evaluation.voc_eval import voc_ap
+from detector.model.detector import load_model
+
+
+def test_training_record_is_written_and_valid(tiny_trained):
+    run = tiny_trained[1]
+    config = json.loads((run / "config.json").read_text())
+    model = load_model(run / "model.pt")
+    assert config == model.config.to_dict()  # the resolved config the model was trained with
+    rows = read_history(run / "history.jsonl")
+    assert rows[0]["stage"] == "run"
+    tune = [r for r in rows if r["stage"] == "finetune"]
+    every, iterations = config["finetune"]["history_every"], config["finetune"]["iterations"]
+    assert [r["iteration"] for r in tune] == list(range(every, iterations + 1, every))
+    assert all(math.isfinite(r["loss"]) and 0 <= r["fg_accuracy"] <= 1 and r["lr"] > 0 for r in tune)
+    assert tune[-1]["lr"] < tune[0]["lr"]  # the schedule's step is recorded
+    svm = [r for r in rows if r["stage"] == "svm"]
+    assert {r["class_name"] for r in svm} <= set(model.classes) and len(svm) >= 1
+    assert all(r["negatives"] >= 0 and r["seconds"] >= 0 and r["positives"] > 0 for r in svm)
+    log = (run / "train.log").read_text()
+    assert "SVM mining" in log and "finetune" in log
+    assert (run / "training_curves.png").stat().st_size > 10_000
+
+
+def test_test_run_writes_pr_curves_equal_to_its_ap_and_draws_images(tiny_trained, tmp_path, monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    model = load_model(run / "model.pt")
+    dataset = load_voc(root, "test", classes=model.classes)
+    metrics = test_detector(model, dataset, tmp_path / "out", progress=False, show_dir=tmp_path / "show", show=3)
+    curves = json.loads((tmp_path / "out" / "pr_curves.json").read_text())
+    assert curves["metric"] == "voc07" and set(curves["classes"]) == set(model.classes)
+    for name, curve in curves["classes"].items():
+        if curve["ap"] is None:
+            assert metrics["ap"][name] is None
+        else:
+            assert voc_ap(np.array(curve["recall"]), np.array(curve["precision"]), True) == metrics["ap"][name]
+    assert (tmp_path / "out" / "pr_curves.png").stat().st_size > 10_000
+    drawn = sorted((tmp_path / "show").iterdir())
+    assert [p.stem for p in drawn] == [r.image_id for r in dataset.records[:3]]
+    for path, record in zip(drawn, dataset.records):
+        assert load_image(path).shape == (record.height, record.width, 3)
+
+
+def test_external_proposals_are_used_by_testing_and_bad_ones_refused(tiny_trained, tmp_path, monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    dataset = load_voc(root, "test")
+    boxes = {r.image_id: r.boxes.tolist() for r in dataset.records}  # the GT boxes: every object found
+    (tmp_path / "gt.json").write_text(json.dumps(boxes))
+    model = load_model(run / "model.pt", overrides={"proposals.source": str(tmp_path / "gt.json")})
+    dataset = load_voc(root, "test", classes=model.classes)
+    metrics = test_detector(model, dataset, tmp_path / "out", progress=False)
+    detected = sum(len(d) for d in _result_lines(tmp_path / "out"))
+    assert 0 < detected <= sum(len(b) for b in boxes.values()) * len(model.classes)
+    assert metrics["num_images"] == len(dataset.records)
+    first = dataset.records[0]
+    boxes[first.image_id] = [[0, 0, first.width + 5, 10]]
+    (tmp_path / "bad.json").write_text(json.dumps(boxes))
+    bad = load_model(run / "model.pt", overrides={"proposals.source": str(tmp_path / "bad.json")})
+    with pytest.raises(ValueError, match=f"bad.json, image id '{first.image_id}'.*outside"):
+        test_detector(bad, dataset, tmp_path / "out2", progress=False)
+
+
+def _result_lines(folder):
+    return [p.read_text().splitlines() for p in folder.glob("comp4_det_*.txt")]

@@ -1,0 +1,102 @@
+"""Detector.predict and the predict command on the tiny trained detector (tests/conftest.py)."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from detector import Detector
+from detector.cli.predict import main as predict_main
+from detector.core.boxes import iou_matrix
+from detector.core.images import load_image
+from detector.core.timing import StageTimer
+from detector.data.voc import load_voc
+from detector.inference.detect import detect
+from detector.inference.predictor import DEFAULT_SOFTMAX_THRESHOLD, DEFAULT_SVM_THRESHOLD, Prediction
+from detector.model.detector import load_model
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_trained):
+    return Detector.load(tiny_trained[1] / "model.pt", device="cpu")
+
+
+def test_predict_finds_the_drawn_shapes(tiny_trained, detector):
+    """The best detection of each synthetic training image is one of its drawn shapes, of its class."""
+    records = load_voc(tiny_trained[0], "train").records
+    found = 0
+    for record in records:
+        result = detector.predict(load_image(record.path))
+        assert isinstance(result, Prediction) and (result.scores >= DEFAULT_SVM_THRESHOLD).all()
+        assert list(result.scores) == sorted(result.scores, reverse=True)
+        if len(result):
+            overlaps = iou_matrix(result.boxes[:1], record.boxes)[0]
+            same_class = record.labels == result.labels[0]
+            found += bool((overlaps[same_class] >= 0.5).any())
+    assert found >= len(records) - 1, f"the top detection is a drawn shape in {found} of {len(records)} images"
+
+
+def test_an_array_a_path_and_the_test_pipeline_give_the_same_detections(tiny_trained, detector, tmp_path):
+    record = load_voc(tiny_trained[0], "train").records[3]
+    image = load_image(record.path)
+    proposals = detector.proposals(image)
+    # a copy outside the dataset: no cache may be read or written for it
+    copy = tmp_path / "photo.jpg"
+    shutil.copy(record.path, copy)
+    cache_files = sorted(tiny_trained[2].rglob("*"))
+    from_path = detector.predict(copy, score_threshold=-np.inf)
+    from_array, again = detector.predict([image, image], score_threshold=-np.inf)
+    assert sorted(tiny_trained[2].rglob("*")) == cache_files
+    reference = detect(detector.model, record, proposals, StageTimer())  # reads the file, no cache
+    for result in (from_path, from_array, again):
+        np.testing.assert_array_equal(result.boxes, reference.boxes)
+        np.testing.assert_array_equal(result.scores, reference.scores)
+        assert result.class_names == [detector.classes[k] for k in reference.labels]
+        assert (result.width, result.height) == (record.width, record.height)
+    # given proposals replace selective search: the GT boxes as the only windows
+    given = detector.predict(image, score_threshold=-np.inf, proposals=record.boxes)
+    assert len(given) and iou_matrix(given.boxes, record.boxes).max(axis=1).min() > 0.3
+
+
+def test_default_threshold_follows_the_scorer(tiny_trained):
+    path = tiny_trained[1] / "model.pt"
+    assert Detector.load(path).default_threshold == DEFAULT_SVM_THRESHOLD
+    softmax = Detector.load(path, overrides={"test.scorer": "softmax"})
+    assert softmax.default_threshold == DEFAULT_SOFTMAX_THRESHOLD
+    result = softmax.predict(load_image(load_voc(tiny_trained[0], "train").records[0].path))
+    assert ((result.scores >= 0.5) & (result.scores <= 1)).all()
+    with pytest.raises(ValueError, match="RGB uint8"):
+        softmax.predict(np.zeros((10, 10), np.float32))
+
+
+def test_predict_command_writes_json_and_drawn_images(tiny_trained, detector, tmp_path, capsys):
+    records = load_voc(tiny_trained[0], "train").records
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(records[0].path, folder / "a.jpg")
+    png = load_image(records[1].path)[:150, :200]  # another size and format
+    cv2.imwrite(str(folder / "b.png"), png[:, :, ::-1])
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("not an input")
+    predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(folder), str(records[2].path),
+                  "--out", str(tmp_path / "out")])
+    assert "broken.jpg" in capsys.readouterr().err
+    written = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert [r["file"] for r in written] == [str(folder / "a.jpg"), str(folder / "b.png"), str(records[2].path)]
+    for entry in written:
+        image = load_image(entry["file"])
+        assert (entry["height"], entry["width"]) == image.shape[:2]
+        assert load_image(tmp_path / "out" / entry["drawn"]).shape == image.shape
+        expected = detector.predict(image)
+        assert entry["boxes"] == expected.boxes.tolist() and entry["scores"] == expected.scores.tolist()
+        assert entry["class_names"] == expected.class_names
+    assert [r["drawn"] for r in written] == ["a.jpg", "b.png", f"{records[2].path.stem}.jpg"]
+    with pytest.raises(SystemExit, match="no image could be read"):
+        predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(folder / "broken.jpg"),
+                      "--out", str(tmp_path / "none")])
+
+
+def test_load_model_and_detector_share_the_weights(tiny_trained, detector):
+    model = load_model(tiny_trained[1] / "model.pt")
+    assert model.classes == detector.classes and detector.model.conv_maps.cache is None

@@ -1,0 +1,68 @@
+"""Drawn detections and plots: sizes kept, colours where the boxes are, files readable."""
+import cv2
+import numpy as np
+
+from detector.core.images import load_image
+from detector.visualization.draw import (
+    FP_COLOUR,
+    MISSED_COLOUR,
+    TP_COLOUR,
+    class_colour,
+    draw_detections,
+    draw_evaluation,
+    save_image,
+)
+from detector.visualization.plots import plot_pr_curves, plot_training_curves
+
+
+def _grey(height=240, width=320):
+    return np.full((height, width, 3), 128, np.uint8)
+
+
+def test_detections_drawn_in_class_colours_on_a_copy_of_the_same_size(tmp_path):
+    image = _grey()
+    boxes = np.array([[40, 60, 140, 200], [180, 30, 300, 120]], np.float32)
+    drawn = draw_detections(image, boxes, np.array([0.9, 0.4]), np.array([0, 3]), ["a", "b", "c", "d"])
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert (image == 128).all()  # the input is not drawn on
+    assert tuple(drawn[130, 40]) == class_colour(0)  # left edge of box 0, below its label
+    assert tuple(drawn[110, 180]) == class_colour(3)
+    # the label sits on a solid fill of the class colour above the box
+    assert (drawn[45:58, 45:60] == class_colour(0)).all(axis=2).mean() > 0.5
+    for suffix in (".jpg", ".png"):
+        save_image(tmp_path / f"d{suffix}", drawn)
+        assert load_image(tmp_path / f"d{suffix}").shape == image.shape
+    assert np.array_equal(load_image(tmp_path / "d.png"), drawn)
+
+
+def test_label_of_a_box_at_the_top_stays_inside_the_image():
+    drawn = draw_detections(_grey(100, 120), np.array([[0, 0, 120, 100]], np.float32), np.array([1.0]),
+                            np.array([1]), ["x", "long class name"])
+    assert (drawn[:20, :60] == class_colour(1)).all(axis=2).mean() > 0.3
+
+
+def test_evaluation_colours_tell_tp_fp_and_missed_apart():
+    image = _grey(300, 400)
+    boxes = np.array([[50, 100, 150, 200], [250, 100, 350, 200]], np.float32)
+    gt = np.array([[50, 100, 150, 200], [200, 230, 300, 290]], np.float32)
+    drawn = draw_evaluation(image, boxes, np.array([0.9, 0.8]), np.array([0, 0]), ["a"], np.array([True, False]),
+                            np.array([False, False]), gt, np.array([0, 0]), np.array([False, True]))
+    assert drawn.shape == image.shape
+    assert tuple(drawn[170, 50]) == TP_COLOUR and tuple(drawn[170, 250]) == FP_COLOUR
+    missed_edge = drawn[230:232, 200:300].reshape(-1, 3)
+    share = (missed_edge == MISSED_COLOUR).all(axis=1).mean()
+    assert 0.2 < share < 0.9  # dashed: partly drawn, partly background
+
+
+def test_plots_are_written_as_png(tmp_path):
+    curves = {"metric": "voc07", "classes": {
+        "a": {"ap": 0.5, "npos": 2, "precision": [1.0, 0.5, 0.67], "recall": [0.5, 0.5, 1.0]},
+        "b": {"ap": None, "npos": 0, "precision": [], "recall": []}}}
+    plot_pr_curves(curves, tmp_path / "pr.png", "test")
+    history = [{"stage": "run"}, *({"stage": "finetune", "iteration": i, "loss": 1 / i, "fg_accuracy": 0.1 * i,
+                                    "accuracy": 0.5, "lr": 0.01} for i in range(1, 5)),
+               {"stage": "svm", "class": 0, "class_name": "a", "negatives": 10, "seconds": 0.1}]
+    plot_training_curves(history, tmp_path / "curves.png")
+    for name in ("pr.png", "curves.png"):
+        picture = cv2.imread(str(tmp_path / name))
+        assert picture is not None and picture.shape[0] > 200 and picture.std() > 5
