@@ -24,9 +24,9 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def _grid(count: int, columns: int = 5) -> tuple[int, int]:
-    """Rows and columns of a panel grid for ``count`` panels."""
-    columns = max(1, min(columns, count))
+def _grid(count: int, max_columns: int = 5) -> tuple[int, int]:
+    """Rows and columns of a near-square panel grid for ``count`` panels (20 VOC classes: 4 x 5)."""
+    columns = max(1, min(max_columns, math.ceil(math.sqrt(count))))
     return max(1, math.ceil(count / columns)), columns
 
 
