@@ -61,7 +61,7 @@ def test_plots_are_written_as_png(tmp_path):
     plot_pr_curves(curves, tmp_path / "pr.png", "test")
     history = [{"stage": "run"}, *({"stage": "finetune", "iteration": i, "loss": 1 / i, "fg_accuracy": 0.1 * i,
                                     "accuracy": 0.5, "lr": 0.01} for i in range(1, 5)),
-               {"stage": "svm", "class": 0, "class_name": "a", "negatives": 10, "seconds": 0.1}]
+               {"stage": "svm", "class": 0, "class_name": "a", "positives": 3, "negatives": 10, "seconds": 0.1}]
     plot_training_curves(history, tmp_path / "curves.png")
     for name in ("pr.png", "curves.png"):
         picture = cv2.imread(str(tmp_path / name))
