@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 
 def training_windows(dataset: VOCDataset, config: Config, progress: bool = True) -> list[ImageWindows]:
-    """Proposals of every image (computed in parallel and cached) stacked under its GT boxes."""
+    """Proposals of every image (selective search, computed in parallel and cached, or those of
+    ``proposals.source``) stacked under its GT boxes."""
     proposals = load_proposals(dataset.root, dataset.records, config.proposals.method, config.proposals.max_side,
                                config.proposals.workers, progress, config.proposals.source)
     return [build_windows(r, proposals[r.image_id]) for r in dataset.records if r.image_id in proposals]
@@ -108,6 +109,9 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
 def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True) -> Path:
     """Run every training stage for ``dataset``; returns the path of the written ``model.pt``.
     The run's config, log and history are kept in ``out_dir`` (``detector.engine.record``)."""
+    if config.fc6_rank is not None:
+        raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
+                         f"trained model with tools/compress_net.py")
     with TrainingRecord(out_dir, config, dataset.classes) as record:
         return _train_stages(dataset, config, Path(out_dir), progress, record)
 
@@ -115,9 +119,6 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
 def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool,
                   record: TrainingRecord) -> Path:
     """The stages of ``train_detector``, recording progress in ``record``."""
-    if config.fc6_rank is not None:
-        raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
-                         f"trained model with tools/compress_net.py")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
