@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 
 
 def training_windows(dataset: VOCDataset, config: Config, progress: bool = True) -> list[ImageWindows]:
-    """Proposals of every image (computed in parallel and cached) stacked under its GT boxes."""
+    """Proposals of every image (selective search, computed in parallel and cached, or those of
+    ``proposals.source``) stacked under its GT boxes."""
     proposals = load_proposals(dataset.root, dataset.records, config.proposals.method, config.proposals.max_side,
                                config.proposals.workers, progress, config.proposals.source)
     return [build_windows(r, proposals[r.image_id]) for r in dataset.records if r.image_id in proposals]
@@ -126,6 +127,12 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     """Run every training stage for ``dataset``; returns the path of the written ``model.pt``
     (``policy``: auto, resume or force, see ``detector.engine.stages``).  The run's config, log and
     history are kept in ``out_dir`` (``detector.engine.record``)."""
+    if config.fc6_rank is not None:
+        raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
+                         f"trained model with tools/compress_net.py")
+    check_device(config.device)
+    check_backbone_name(config.backbone)
+    check_writable([out_dir, cache_root(dataset.root)])
     with TrainingRecord(out_dir, config, dataset.classes) as history:
         return _train_stages(dataset, config, Path(out_dir), progress, policy, history)
 
@@ -133,12 +140,6 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
 def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool, policy: str,
                   history: TrainingRecord) -> Path:
     """The stages of ``train_detector``, recording progress in ``history``."""
-    if config.fc6_rank is not None:
-        raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
-                         f"trained model with tools/compress_net.py")
-    check_device(config.device)
-    check_backbone_name(config.backbone)
-    check_writable([out_dir, cache_root(dataset.root)])
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}  # MiB, the peak so far at the end of each stage

@@ -19,8 +19,10 @@ Decisions:
   score above which it was trained to say "object" (positives at +1, hard negatives at -1), so
   ``DEFAULT_SVM_THRESHOLD = 0.0``.  Softmax scores are class probabilities:
   ``DEFAULT_SOFTMAX_THRESHOLD = 0.5`` keeps a box when its class is more likely than all
-  others together.  Measured on the demo model (README, "Use a trained model"): at these
-  defaults the drawn pictures show the shapes with few false boxes.
+  others together.  Measured on the demo test split with the Quickstart's model (README, "Use a
+  trained model"; 2.51 objects per image): SVM 0.0 keeps 2.39 detections per image at precision
+  0.993 and recall 0.947 (-0.5: 0.894 / 0.980; 0.5: 1.000 / 0.870); softmax 0.5 keeps 2.73 at
+  0.909 / 0.990.  Both draw the shapes with few false boxes.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ Decisions:
 - Labels ("name 0.93") sit on a box of the class colour filled solid, the text black or white
   by the colour's luminance, so they read on any image; a label that would leave the image
   at the top goes inside the box.
-- Line width and font size grow with the image (``_style``): about 1/300 and 1/600 of the short
+- Line width and font size grow with the image (``_style``): at least 2 pixels, about 1/250 and 1/600 of the short
   side, so a label stays legible on a 300-pixel demo image and on a 4000-pixel photo.
 - Missed ground truth is drawn dashed: OpenCV has no dashed rectangle, so ``_dashed_rectangle``
   draws short segments (a few dozen ``cv2.line`` calls per box).
@@ -46,7 +46,7 @@ def class_colour(label: int) -> tuple[int, int, int]:
 def _style(image: np.ndarray) -> tuple[int, float]:
     """Line thickness and font scale for an image of this size."""
     short = min(image.shape[:2])
-    return max(1, round(short / 300)), max(0.4, short / 600)
+    return max(2, round(short / 250)), max(0.4, short / 600)
 
 
 def _text_colour(colour: Sequence[int]) -> tuple[int, int, int]:
@@ -55,19 +55,29 @@ def _text_colour(colour: Sequence[int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luma > 140 else (255, 255, 255)
 
 
-def draw_label(image: np.ndarray, text: str, x: float, y: float, colour: Sequence[int]) -> None:
-    """Write ``text`` on a filled box of ``colour`` just above (x, y), or below it near the top."""
+def _label_size(image: np.ndarray, text: str) -> tuple[int, int, float, int]:
+    """Width and height of a label box with its padding, the font scale and thickness."""
     thickness, scale = _style(image)
     font_thickness = max(1, thickness - 1) if scale < 1 else thickness
     (width, height), baseline = cv2.getTextSize(text, _FONT, scale, font_thickness)
-    pad = max(2, thickness)
-    x0 = int(np.clip(x, 0, max(image.shape[1] - width - 2 * pad, 0)))
-    y0 = int(y) - height - baseline - 2 * pad
+    pad = max(2, thickness // 2 + 1)
+    return width + 2 * pad, height + baseline + 2 * pad, scale, font_thickness
+
+
+def draw_label(image: np.ndarray, text: str, x: float, y: float, colour: Sequence[int],
+               inside: bool = False) -> None:
+    """Write ``text`` on a filled box of ``colour`` just above (x, y), or below it when ``inside``
+    or when there is no room above; always within the image."""
+    box_width, box_height, scale, font_thickness = _label_size(image, text)
+    pad = max(2, _style(image)[0] // 2 + 1)
+    x0 = int(np.clip(x, 0, max(image.shape[1] - box_width, 0)))
+    y0 = int(y) if inside else int(y) - box_height
     if y0 < 0:
-        y0 = int(y)
-    y0 = min(y0, max(image.shape[0] - height - baseline - 2 * pad, 0))
-    cv2.rectangle(image, (x0, y0), (x0 + width + 2 * pad, y0 + height + baseline + 2 * pad), tuple(colour), -1)
-    cv2.putText(image, text, (x0 + pad, y0 + pad + height), _FONT, scale, _text_colour(colour), font_thickness,
+        y0 = max(int(y), 0)
+    y0 = min(y0, max(image.shape[0] - box_height, 0))
+    cv2.rectangle(image, (x0, y0), (x0 + box_width - 1, y0 + box_height - 1), tuple(colour), -1)
+    (_, text_height), _ = cv2.getTextSize(text, _FONT, scale, font_thickness)
+    cv2.putText(image, text, (x0 + pad, y0 + pad + text_height), _FONT, scale, _text_colour(colour), font_thickness,
                 cv2.LINE_AA)
 
 
@@ -105,20 +115,30 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     return canvas
 
 
-def draw_legend(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> None:
-    """Coloured entries ("true positive", ...) stacked in the top-left corner."""
-    _, scale = _style(image)
-    (_, height), baseline = cv2.getTextSize("Ag", _FONT, scale, 1)
-    step = height + baseline + 2 * max(2, _style(image)[0]) + 2
-    for row, (text, colour) in enumerate(entries):
-        draw_label(image, text, 0, row * step, colour)
+def with_legend(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+    """``image`` with a white strip below it holding the coloured entries side by side, wrapped
+    into rows when the image is narrow (the legend covers nothing of the picture)."""
+    sizes = [_label_size(image, text)[:2] for text, _ in entries]
+    gap = max(4, _style(image)[0] * 2)
+    row_height = max(h for _, h in sizes) + gap
+    places, x, y = [], gap, gap
+    for width, _ in sizes:
+        if x > gap and x + width > image.shape[1] - gap:
+            x, y = gap, y + row_height
+        places.append((x, y))
+        x += width + gap
+    strip = np.full((y + row_height, image.shape[1], 3), 255, np.uint8)
+    for (text, colour), (x, y) in zip(entries, places):
+        draw_label(strip, text, x, y, colour, inside=True)
+    return np.vstack([image, strip])
 
 
 def draw_evaluation(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                     classes: Sequence[str], tp: np.ndarray, ignored: np.ndarray, gt_boxes: np.ndarray,
                     gt_labels: np.ndarray, missed: np.ndarray) -> np.ndarray:
-    """A copy of ``image`` with detections judged against GT: true positives green, false positives
-    red, detections of difficult GT grey, missed GT dashed yellow, and a legend."""
+    """``image`` with detections judged against GT: true positives green, false positives red,
+    detections of difficult GT grey, missed GT dashed yellow (labelled inside its top edge, under
+    the detections' labels), and a legend in a strip below the image."""
     canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
     thickness, _ = _style(canvas)
     for box, label in zip(gt_boxes[missed], gt_labels[missed]):
@@ -127,13 +147,12 @@ def draw_evaluation(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     order = np.argsort(scores, kind="stable")
     for i in order:
         _rectangle(canvas, boxes[i], colours[i], thickness)
+    for box, label in zip(gt_boxes[missed], gt_labels[missed]):
+        draw_label(canvas, f"missed {classes[label]}", box[0], box[1], MISSED_COLOUR, inside=True)
     for i in order:
         draw_label(canvas, f"{classes[labels[i]]} {scores[i]:.2f}", boxes[i][0], boxes[i][1], colours[i])
-    for box, label in zip(gt_boxes[missed], gt_labels[missed]):
-        draw_label(canvas, f"missed {classes[label]}", box[0], box[3], MISSED_COLOUR)
-    draw_legend(canvas, [("true positive", TP_COLOUR), ("false positive", FP_COLOUR),
-                         ("missed ground truth", MISSED_COLOUR)])
-    return canvas
+    return with_legend(canvas, [("true positive", TP_COLOUR), ("false positive", FP_COLOUR),
+                                ("missed ground truth", MISSED_COLOUR), ("difficult (ignored)", IGNORED_COLOUR)])
 
 
 def save_image(path: str | Path, image: np.ndarray) -> None:

@@ -24,9 +24,9 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def _grid(count: int, columns: int = 5) -> tuple[int, int]:
-    """Rows and columns of a panel grid for ``count`` panels."""
-    columns = max(1, min(columns, count))
+def _grid(count: int, max_columns: int = 5) -> tuple[int, int]:
+    """Rows and columns of a near-square panel grid for ``count`` panels (20 VOC classes: 4 x 5)."""
+    columns = max(1, min(max_columns, math.ceil(math.sqrt(count))))
     return max(1, math.ceil(count / columns)), columns
 
 
@@ -75,10 +75,16 @@ def plot_training_curves(history: Sequence[Mapping], path: str | Path) -> None:
         panels[4].plot(range(1, len(rows) + 1), [r["seconds"] for r in rows], marker=".", label=name)
     for axes, title in zip(panels[3:5], ("SVM: cached hard negatives after retrain", "SVM: retrain seconds")):
         axes.set_title(title, fontsize=10)
-        axes.set_xlabel("retrain")
+        axes.set_xlabel("retrain of the class")
+        retrains = max([sum(r["class"] == c for r in svm) for c in {r["class"] for r in svm}] or [1])
+        axes.set_xticks(range(1, retrains + 1, max(1, retrains // 8)))
+        axes.set_xlim(0.5, retrains + 0.5)
         axes.grid(alpha=0.3)
     if svm:
         panels[3].legend(fontsize=7, ncol=2)
     panels[5].axis("off")
-    panels[5].text(0, 0.5, f"{len(tune)} fine-tuning records\n{len(svm)} SVM retrains", fontsize=10)
+    last = {r["class_name"]: r for r in svm if "class_name" in r}
+    lines = [f"{len(tune)} fine-tuning records, {len(svm)} SVM retrains", "after the last retrain:"]
+    lines += [f"  {name}: {r['positives']} positives, {r['negatives']} negatives" for name, r in sorted(last.items())]
+    panels[5].text(0, 1, "\n".join(lines[:24]), fontsize=9, va="top", family="monospace")
     save_figure(figure, path)

@@ -7,7 +7,7 @@ from detector.core.detections import Detections
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.ensemble import cap_per_image, ensemble_result_dirs, merge_detections
-from detector.evaluation.voc_eval import write_result_files
+from detector.evaluation.voc_eval import voc_ap, write_result_files
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,11 @@ def test_merge_beats_each_input_and_reports_them(demo, tmp_path):
     inputs = list(metrics["inputs"].values())
     assert metrics["mAP"] > max(inputs)
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"])
+    curves = json.loads((tmp_path / "m" / "pr_curves.json").read_text())  # the merge's curves
+    for name, curve in curves["classes"].items():
+        recomputed = voc_ap(np.array(curve["recall"]), np.array(curve["precision"]), curves["metric"] == "voc07")
+        assert recomputed == metrics["ap"][name]
+    assert (tmp_path / "m" / "pr_curves.png").stat().st_size > 10_000
 
 
 def test_different_class_lists_are_refused(demo, tmp_path):

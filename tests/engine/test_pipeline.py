@@ -152,12 +152,15 @@ def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
         assert (tmp_path / "out" / f"comp4_det_test_{name}.txt").exists()
     detections = json.loads((tmp_path / "out" / "detections_coco.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
-    # the devkit files evaluated alone give the same mAP
+    # the devkit files evaluated alone give the same mAP, and draw the same curves again
+    for name in ("pr_curves.json", "pr_curves.png"):
+        (tmp_path / "out" / name).unlink()
     subprocess.run([sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(tiny_demo),
                     "--split", "test", "--eval-only", str(tmp_path / "out")], check=True,
                    capture_output=True)
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert again["mAP"] == pytest.approx(written["mAP"], abs=1e-6)
+    assert (tmp_path / "out" / "pr_curves.png").stat().st_size > 10_000  # --eval-only draws its curves
     # a model file of the previous format (flat config, "sppnet-detector-v1") still loads, equal
     state = torch.load(model_path, weights_only=False)
     new_names = {new: old for old, new in LEGACY_KEYS.items()}

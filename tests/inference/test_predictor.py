@@ -100,3 +100,20 @@ def test_predict_command_writes_json_and_drawn_images(tiny_trained, detector, tm
 def test_load_model_and_detector_share_the_weights(tiny_trained, detector):
     model = load_model(tiny_trained[1] / "model.pt")
     assert model.classes == detector.classes and detector.model.conv_maps.cache is None
+
+
+def test_predict_command_takes_proposals_by_file_name_and_refuses_bad_ones(tiny_trained, detector, tmp_path,
+                                                                           capsys):
+    record = load_voc(tiny_trained[0], "train").records[4]
+    shutil.copy(record.path, tmp_path / "shot.jpg")
+    (tmp_path / "boxes.json").write_text(json.dumps({"shot": record.boxes.tolist()}))
+    predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(tmp_path / "shot.jpg"), "--out",
+                  str(tmp_path / "out"), "--proposals", str(tmp_path / "boxes.json"), "--score-threshold", "-100"])
+    written = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
+    expected = detector.predict(tmp_path / "shot.jpg", score_threshold=-100, proposals=record.boxes)
+    assert written["scores"] == expected.scores.tolist() and len(written["scores"]) > 0
+    (tmp_path / "bad.json").write_text(json.dumps({"shot": [[0, 0, record.width + 1, 5]]}))
+    with pytest.raises(SystemExit, match="no image could be read"):
+        predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(tmp_path / "shot.jpg"), "--out",
+                      str(tmp_path / "out2"), "--proposals", str(tmp_path / "bad.json")])
+    assert f"{tmp_path / 'bad.json'}, image id 'shot'" in capsys.readouterr().err

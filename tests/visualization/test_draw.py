@@ -47,7 +47,7 @@ def test_evaluation_colours_tell_tp_fp_and_missed_apart():
     gt = np.array([[50, 100, 150, 200], [200, 230, 300, 290]], np.float32)
     drawn = draw_evaluation(image, boxes, np.array([0.9, 0.8]), np.array([0, 0]), ["a"], np.array([True, False]),
                             np.array([False, False]), gt, np.array([0, 0]), np.array([False, True]))
-    assert drawn.shape == image.shape
+    assert drawn.shape[1:] == image.shape[1:] and drawn.shape[0] > image.shape[0]  # + the legend strip
     assert tuple(drawn[170, 50]) == TP_COLOUR and tuple(drawn[170, 250]) == FP_COLOUR
     missed_edge = drawn[230:232, 200:300].reshape(-1, 3)
     share = (missed_edge == MISSED_COLOUR).all(axis=1).mean()
@@ -61,7 +61,7 @@ def test_plots_are_written_as_png(tmp_path):
     plot_pr_curves(curves, tmp_path / "pr.png", "test")
     history = [{"stage": "run"}, *({"stage": "finetune", "iteration": i, "loss": 1 / i, "fg_accuracy": 0.1 * i,
                                     "accuracy": 0.5, "lr": 0.01} for i in range(1, 5)),
-               {"stage": "svm", "class": 0, "class_name": "a", "negatives": 10, "seconds": 0.1}]
+               {"stage": "svm", "class": 0, "class_name": "a", "positives": 3, "negatives": 10, "seconds": 0.1}]
     plot_training_curves(history, tmp_path / "curves.png")
     for name in ("pr.png", "curves.png"):
         picture = cv2.imread(str(tmp_path / name))
