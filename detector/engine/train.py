@@ -106,7 +106,13 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows],
         passes_started += 1
         for windows in trimming(train):
             record = windows.record
-            features = window_features(model, record, windows.boxes, StageTimer())
+            try:
+                features = window_features(model, record, windows.boxes, StageTimer())
+            except OSError:
+                raise  # an unwritable cache stops the run; the message names the path
+            except Exception as error:  # this image only (decode, trunk or pooling failure)
+                log.error("SVMs: skipping image %s (%s): %s", record.image_id, record.path, error)
+                continue
             if feed_regression:
                 pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
                 regression.add(features.window_pooled(pairs).numpy(), windows.boxes[pairs],

@@ -20,6 +20,7 @@ from detector.core.paths import cache_root
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.train import train_detector, training_windows
+from detector.features import convmaps
 from detector.features.backbones import build_backbone
 from detector.features.convmaps import ConvMapCache, ConvMapProvider
 from detector.head.finetune import read_finetune_checkpoint
@@ -125,3 +126,21 @@ def test_replaced_or_edited_images_are_recomputed_never_served(tiny_demo, tmp_pa
     third = provider.get(resized, 224, False)
     assert third.image_size == (record.width // 2, record.height // 2)
     assert third.factor == pytest.approx(2 * first.factor, rel=0.05)
+
+
+def test_an_image_the_trunk_fails_on_is_named_and_left_out(tiny_demo, tmp_path, monkeypatch, caplog):
+    config = make_config("cpu", TINY)
+    records = load_voc(tiny_demo, "train").records[:3]
+    backbone = build_backbone(config.backbone)
+    real = convmaps.compute_conv_map
+
+    def failing(backbone, image, scale, flip, max_side, device="cpu", digest=""):
+        if image.shape[:2] == (records[1].height, records[1].width) and digest == image_digest(records[1].path):
+            raise RuntimeError("Calculated padded input size per channel: (2 x 251)")
+        return real(backbone, image, scale, flip, max_side, device, digest)
+
+    monkeypatch.setattr(convmaps, "compute_conv_map", failing)
+    provider = ConvMapProvider(backbone, ConvMapCache(tmp_path / "maps"), config.max_side)
+    stats = provider.precompute(records, (224,), (False,), progress=False)
+    assert stats["failed_ids"] == [records[1].image_id] and stats["computed"] == 2
+    assert str(records[1].path) in caplog.text and "padded input size" in caplog.text
