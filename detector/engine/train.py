@@ -40,6 +40,7 @@ from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows, build_windows
 from detector.data.voc import VOCDataset
 from detector.engine.stages import (
+    POLICIES,
     check_backbone_name,
     check_device,
     check_scales,
@@ -132,6 +133,8 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     if config.fc6_rank is not None:
         raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
                          f"trained model with tools/compress_net.py")
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     check_device(config.device)
     check_backbone_name(config.backbone)
     check_writable([out_dir, cache_root(dataset.root)])
