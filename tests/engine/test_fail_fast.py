@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from detector.cli import train_det
 from detector.config import make_config
 from detector.core.images import image_digest, load_image
 from detector.core.paths import cache_root
@@ -66,10 +67,14 @@ def test_bad_paths_and_settings_are_one_line_messages_before_any_work(tiny_demo,
     }
     if not torch.cuda.is_available():
         cases[("--device", "cuda", "--set", *small)] = "no CUDA GPU is available here"
-    for arguments, message in cases.items():
+    for arguments, message in cases.items():  # in-process: the same main() the tool runs
         out = [] if "--out" in arguments else ["--out", str(tmp_path / "run")]
-        rc, output = train_tool(tiny_demo, *arguments, *out)
-        assert rc != 0 and message in output and "Traceback" not in output, (arguments, output)
+        with pytest.raises(SystemExit) as stopped:
+            train_det.main(["--voc-root", str(tiny_demo), "--quiet", *arguments, *out])
+        assert message in str(stopped.value) and "\n" not in str(stopped.value), (arguments, stopped.value)
+    rc, output = train_tool(tiny_demo, "--out", str(blocker / "run"), "--set", *small)  # the whole tool
+    assert rc != 0 and output.strip().splitlines()[-1] == f"train_det.py: cannot write in {blocker / 'run'}: " \
+        "Not a directory" and "Traceback" not in output
     assert not searched.exists()  # no selective search ran for any of them
 
 
