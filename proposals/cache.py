@@ -31,6 +31,9 @@ Decisions:
 - Parallelism: a ``spawn`` pool (safe with OpenCV and torch threads), ``imap_unordered``
   with ``chunksize=1`` (per-image costs vary a lot), every worker writes its own files and
   runs OpenCV single-threaded.  ``workers <= 1`` computes in this process.
+- Concurrent runs on one cache: each image is computed under a lock on its file
+  (``detector.core.locks``); a second run waits for it and then finds it cached, so no image is
+  searched twice and no file is written by two processes.
 - A failing image (unreadable file, size disagreeing with its record, OpenCV error) is
   logged naming the file and listed in the report; the other images go on.
 """
@@ -51,6 +54,7 @@ from tqdm import tqdm
 
 from detector.core.images import ImageReadError, image_digest, load_image
 from detector.core.io import save_atomic
+from detector.core.locks import item_lock
 from detector.core.paths import cache_root
 from detector.core.records import ImageRecord
 from proposals.selective_search import search_signature, selective_search
@@ -211,7 +215,18 @@ def _init_worker() -> None:
 def _compute_one(task: _Task) -> tuple[str, str | None]:
     """Compute and cache one image's proposals; returns ``(image_id, error or None)``."""
     try:
+        with item_lock(ProposalCache(task.folder).path(task.image_id)):
+            return _compute_locked(task)
+    except OSError as error:
+        return task.image_id, f"{task.path}: {error}"
+
+
+def _compute_locked(task: _Task) -> tuple[str, str | None]:
+    """``_compute_one`` under the image's lock: computes unless another run cached it meanwhile."""
+    try:
         digest = image_digest(task.path)
+        if ProposalCache(task.folder).read(task.image_id, task.image_size, digest) is not None:
+            return task.image_id, None  # another run sharing the cache computed it meanwhile
         image = load_image(task.path)
         size = (image.shape[1], image.shape[0])
         if size != task.image_size:

@@ -98,3 +98,10 @@ def dataset_from_args(args: argparse.Namespace, default_demo_split: str,
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def error_line(error: Exception) -> str:
+    """One line for an error a tool reports: an ``OSError``'s message and path without its errno prefix."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return str(error)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.common import setup_logging
+from detector.cli.common import error_line, setup_logging
 from detector.engine.ensemble import ensemble_result_dirs
 from detector.evaluation.voc_eval import format_ap_table
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = ensemble_result_dirs(args.voc_root, args.split, args.result_dirs, args.out,
                                        args.nms_iou, use_07_metric=args.metric == "voc07")
     except (ValueError, OSError) as error:  # the message names the folder or file
-        raise SystemExit(f"ensemble.py: {error}") from error
+        raise SystemExit(f"ensemble.py: {error_line(error)}") from error
     for folder, value in metrics["inputs"].items():
         print(f"input  {folder}: mAP {100 * value:.1f}")
     print(f"merged {args.out}: mAP {100 * metrics['mAP']:.1f}")

@@ -21,7 +21,13 @@ import argparse
 import json
 from pathlib import Path
 
-from detector.cli.common import add_dataset_arguments, dataset_from_args, dataset_root_from_args, setup_logging
+from detector.cli.common import (
+    add_dataset_arguments,
+    dataset_from_args,
+    dataset_root_from_args,
+    error_line,
+    setup_logging,
+)
 from detector.config import FEATURE_PATHS
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         print(format_ap_table(metrics))
         print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
     except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
-        raise SystemExit(f"test_det.py: {error}") from error
+        raise SystemExit(f"test_det.py: {error_line(error)}") from error
 
 
 if __name__ == "__main__":

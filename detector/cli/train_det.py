@@ -11,6 +11,7 @@ from detector.cli.common import (
     add_dataset_arguments,
     config_from_args,
     dataset_from_args,
+    error_line,
     setup_logging,
 )
 from detector.core.runtime import keep_freed_memory
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         model_path = train_detector(dataset, config, args.out, progress=not args.quiet,
                                     policy="resume" if args.resume else "force" if args.force else "auto")
     except (ValueError, OSError) as error:  # bad input, unwritable path: the message names the value or file
-        raise SystemExit(f"train_det.py: {error}") from error
+        raise SystemExit(f"train_det.py: {error_line(error)}") from error
     print(f"wrote {model_path}")
 
 

@@ -85,8 +85,13 @@ def check_backbone_name(name: str) -> None:
 
 
 def check_scales(backbone: Backbone, scales: Iterable[int]) -> None:
-    """Refuse a scale whose square image gives the trunk no conv map (one tiny forward pass)."""
+    """Refuse a scale below the trunk's total stride (its map would be under one cell, all padding)
+    or whose square image the trunk cannot take (one tiny forward pass)."""
     smallest = min(scales)
+    stride = backbone.geometry.stride
+    if smallest < stride:
+        raise ValueError(f"scale {smallest} is too small for backbone {backbone.name!r}: the short side must be at "
+                         f"least its total stride {stride} (the paper's scales are 480 to 1200); use larger --scales")
     try:
         with torch.inference_mode():
             output = backbone(torch.zeros(1, 3, smallest, smallest, device=next(backbone.parameters()).device))

@@ -41,6 +41,7 @@ from detector.core.windows import ImageWindows, build_windows
 from detector.data.voc import VOCDataset
 from detector.engine.record import TrainingRecord
 from detector.engine.stages import (
+    POLICIES,
     check_backbone_name,
     check_device,
     check_scales,
@@ -109,7 +110,13 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
         passes_started += 1
         for windows in trimming(train):
             record = windows.record
-            features = window_features(model, record, windows.boxes, StageTimer())
+            try:
+                features = window_features(model, record, windows.boxes, StageTimer())
+            except OSError:
+                raise  # an unwritable cache stops the run; the message names the path
+            except Exception as error:  # this image only (decode, trunk or pooling failure)
+                log.error("SVMs: skipping image %s (%s): %s", record.image_id, record.path, error)
+                continue
             if feed_regression:
                 pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
                 regression.add(features.window_pooled(pairs).numpy(), windows.boxes[pairs],
@@ -130,6 +137,8 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     if config.fc6_rank is not None:
         raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
                          f"trained model with tools/compress_net.py")
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     check_device(config.device)
     check_backbone_name(config.backbone)
     check_writable([out_dir, cache_root(dataset.root)])

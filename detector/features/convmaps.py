@@ -10,7 +10,8 @@ SHA-256 of the image file's bytes) and ``crc32`` of the feature bytes.  Files ar
 atomically and verified when read: a file that fails to load, has the wrong shape or checksum,
 or was made from other image bytes (an image replaced or edited under the same id) is logged and
 recomputed, never used.  Version 1 files (no digest) sit in another folder and are never read.
-An image whose map cannot be made (decode or trunk error) is logged naming the file and listed
+Two runs sharing the cache take a lock per item (``detector.core.locks``): the second waits for
+the first's map and reads it rather than computing it again.  An image whose map cannot be made (decode or trunk error) is logged naming the file and listed
 in ``precompute``'s ``failed_ids``, so training leaves it out.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from detector.core.images import image_digest, load_image
 from detector.core.io import save_atomic
+from detector.core.locks import item_lock
 from detector.core.records import ImageRecord
 from detector.core.runtime import trimming
 from detector.features.backbones import Backbone
@@ -138,11 +140,17 @@ class ConvMapProvider:
             image: np.ndarray | None = None) -> ConvMap:
         """The map of one image at one scale, from the cache when made from these image bytes."""
         conv_map = self._cached(record, scale, flip)
-        if conv_map is None:
+        if conv_map is not None:
+            return conv_map
+        if self.cache is None:
             image = load_image(record.path) if image is None else image
-            digest = image_digest(record.path) if self.cache is not None else ""
-            conv_map = compute_conv_map(self.backbone, image, scale, flip, self.max_side, self.device, digest)
-            if self.cache is not None:
+            return compute_conv_map(self.backbone, image, scale, flip, self.max_side, self.device)
+        with item_lock(self.cache.path(record.image_id, scale, flip)):
+            conv_map = self._cached(record, scale, flip)  # another run may have made it meanwhile
+            if conv_map is None:
+                image = load_image(record.path) if image is None else image
+                conv_map = compute_conv_map(self.backbone, image, scale, flip, self.max_side, self.device,
+                                            image_digest(record.path))
                 self.cache.save(record.image_id, scale, flip, conv_map)
         return conv_map
 
@@ -182,12 +190,15 @@ class ConvMapProvider:
                 missing = [(s, f) for f in flips for s in scales
                            if self.cache.load(record.image_id, s, f, digest) is None]
                 if missing:
-                    image = load_image(record.path)
-                    for scale, flip in missing:
-                        conv_map = compute_conv_map(self.backbone, image, scale, flip,
-                                                    self.max_side, self.device, digest)
-                        self.cache.save(record.image_id, scale, flip, conv_map)
-                    computed += 1
+                    with item_lock(self.cache.path(record.image_id, scales[0], flips[0])):  # one per image
+                        missing = [(s, f) for s, f in missing  # another run may have made them meanwhile
+                                   if self.cache.load(record.image_id, s, f, digest) is None]
+                        image = load_image(record.path) if missing else None
+                        for scale, flip in missing:
+                            conv_map = compute_conv_map(self.backbone, image, scale, flip,
+                                                        self.max_side, self.device, digest)
+                            self.cache.save(record.image_id, scale, flip, conv_map)
+                    computed += bool(missing)
             except OSError:
                 raise  # a cache folder that cannot be written stops the run (the message names it)
             except Exception as error:  # decode or trunk failure: this image only

@@ -128,7 +128,14 @@ def build_window_bank(context: PoolingContext, train: Sequence[ImageWindows],
         for flip in flips:
             indices, window_labels = sample_windows(windows, sampling, rng)
             if len(indices):
-                pooled = pool_training_windows(context, windows, indices, flip, rng)
+                try:
+                    pooled = pool_training_windows(context, windows, indices, flip, rng)
+                except OSError:
+                    raise  # an unwritable cache stops the run; the message names the path
+                except Exception as error:  # this image only (decode, trunk or pooling failure)
+                    log.error("fine-tuning: skipping image %s (%s): %s", windows.record.image_id,
+                              windows.record.path, error)
+                    continue
                 if features is None:
                     features = torch.empty((capacity, pooled.shape[1]), dtype=torch.float16)
                 features[filled:filled + len(indices)] = pooled

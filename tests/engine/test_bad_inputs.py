@@ -118,7 +118,11 @@ def test_training_and_testing_skip_the_images_that_fail_and_count_them(bad_datas
     assert summary["skipped_images"] == {"proposals": 1, "conv_maps": 0}
     assert summary["images"] == len(dataset.records) - 1
     assert str(root / "JPEGImages" / "truncated.jpg") in caplog.text
-    metrics = test_detector(load_model(model_path), dataset, tmp_path / "out", progress=False)
+    model = load_model(model_path)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=f"cannot write in {tmp_path / 'a_file' / 'out'}"):
+        test_detector(model, dataset, tmp_path / "a_file" / "out", progress=False)  # before any detection
+    metrics = test_detector(model, dataset, tmp_path / "out", progress=False)
     assert metrics["skipped_images"] == 1 and set(metrics["ap"]) == set(classes)
     written = json.loads((tmp_path / "out" / "classes.json").read_text())
     assert written["classes"] == classes and written["split"] == "bad"

@@ -7,7 +7,7 @@ from detector.core.detections import Detections
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.ensemble import cap_per_image, ensemble_result_dirs, merge_detections
-from detector.evaluation.voc_eval import voc_ap, write_result_files
+from detector.evaluation.voc_eval import voc_ap, write_classes_file, write_result_files
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,22 @@ def test_cap_per_image_against_a_naive_sort():
         kept = sorted((s for d in capped.values() for i, s in zip(d.image_ids, d.scores) if i == image),
                       reverse=True)
         assert kept == everything[:7]
+
+
+def test_unusable_or_foreign_inputs_are_named_before_anything_is_written(demo, tmp_path):
+    dataset = load_voc(demo, "test")
+    sets = _half_right(dataset, lambda i: True)
+    for name in ("a", "b"):
+        write_result_files(tmp_path / name, "test", sets, dataset.classes)
+        write_classes_file(tmp_path / name, dataset.classes, "test", demo)
+    (tmp_path / "b" / "classes.json").unlink()
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps({"mAP": 0.5}))  # no "ap"
+    with pytest.raises(ValueError, match=f"{tmp_path / 'b' / 'metrics.json'} has no per-class \"ap\""):
+        ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    write_classes_file(tmp_path / "b", dataset.classes, "val", demo)  # results of another split
+    with pytest.raises(ValueError, match=f"{tmp_path / 'b'} holds results of split 'val'"):
+        ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    write_classes_file(tmp_path / "b", dataset.classes, "test", tmp_path / "other")  # another dataset
+    with pytest.raises(ValueError, match="holds results on dataset"):
+        ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()

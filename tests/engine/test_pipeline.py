@@ -158,9 +158,18 @@ def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(tiny_demo),
                     "--split", "test", "--eval-only", str(tmp_path / "out")], check=True,
                    capture_output=True)
-    again = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    again = json.loads((tmp_path / "out" / "metrics_eval.json").read_text())
     assert again["mAP"] == pytest.approx(written["mAP"], abs=1e-6)
     assert (tmp_path / "out" / "pr_curves.png").stat().st_size > 10_000  # --eval-only draws its curves
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == written  # the test run's, kept
+    # --eval-only takes the model's class list from classes.json, not a class the annotations add
+    classes_file = tmp_path / "out" / "classes.json"
+    assert json.loads(classes_file.read_text())["classes"] == model.classes
+    classes_file.write_text(json.dumps({**json.loads(classes_file.read_text()), "classes": model.classes[:1]}))
+    subprocess.run([sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(tiny_demo),
+                    "--split", "test", "--eval-only", str(tmp_path / "out")], check=True,
+                   capture_output=True)
+    assert list(json.loads((tmp_path / "out" / "metrics_eval.json").read_text())["ap"]) == model.classes[:1]
     # a model file of the previous format (flat config, "sppnet-detector-v1") still loads, equal
     state = torch.load(model_path, weights_only=False)
     new_names = {new: old for old, new in LEGACY_KEYS.items()}

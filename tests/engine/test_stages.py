@@ -1,20 +1,30 @@
 """Reruns into one --out never pair stages made by different settings; saved files are checked."""
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
 
 from detector.config import make_config, stage_settings
 from detector.core.integrity import StateFileError
+from detector.core.paths import cache_root
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.stages import read_classifiers
+from detector.engine.test import test_detector
 from detector.engine.train import train_detector
 from detector.head.finetune import read_finetune_checkpoint
-from detector.model.detector import read_model_file
+from detector.model.detector import load_model, read_model_file
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 20, "finetune.lr_steps": (15,),
         "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
         "sampling.windows_per_image": 32}
@@ -146,3 +156,25 @@ def test_a_corrupt_stage_file_stops_training_naming_it(tiny_demo, first_run, tmp
         train_detector(load_voc(tiny_demo, "train"), make_config("cpu", TINY), out, progress=False)
     train_detector(load_voc(tiny_demo, "train"), make_config("cpu", TINY), out, progress=False, policy="force")
     assert_consistent(out, make_config("cpu", TINY))
+
+
+def test_a_killed_test_run_resumes_to_the_same_results(tiny_demo, first_run, tmp_path):
+    model = load_model(first_run / "model.pt", cache_dir=cache_root(tiny_demo))
+    test = load_voc(tiny_demo, "test", classes=model.classes)
+    maps = cache_root(tiny_demo) / "convmaps"
+    test_ids = {quote(r.image_id, safe="") + ".npz" for r in test.records}
+    command = [sys.executable, str(ROOT / "tools" / "test_det.py"), "--voc-root", str(tiny_demo), "--split", "test",
+               "--model", str(first_run / "model.pt"), "--out", str(tmp_path / "out"), "--quiet"]
+    running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    while not any(p.name in test_ids for p in maps.rglob("*.npz")) and running.poll() is None:
+        assert time.monotonic() < deadline, "test_det made no conv map of the test split"
+        time.sleep(0.05)
+    running.kill()  # mid-detection: some test maps cached, no result file written yet
+    running.wait()
+    assert running.returncode == -signal.SIGKILL and not (tmp_path / "out" / "metrics.json").exists()
+    subprocess.run(command, check=True, capture_output=True, env=os.environ.copy(), timeout=300)
+    resumed = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    reference = test_detector(model, test, tmp_path / "reference", progress=False)
+    assert resumed["ap"] == pytest.approx(reference["ap"]) and resumed["mAP"] == pytest.approx(reference["mAP"])
+    assert not list((tmp_path / "out").glob(".*.tmp")) and not list(maps.rglob(".*.tmp"))  # nothing torn

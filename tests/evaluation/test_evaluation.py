@@ -434,7 +434,7 @@ def test_test_det_eval_only_end_to_end(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
-    metrics = json.loads((results / "metrics.json").read_text())
+    metrics = json.loads((results / "metrics_eval.json").read_text())
     assert metrics["split"] == "val" and metrics["metric"] == "voc07" and metrics["num_images"] == 2
     assert metrics["ap"] == {"cat": pytest.approx(1.0), "dog": 0.0, "bird": None}
     assert metrics["mAP"] == pytest.approx(0.5)

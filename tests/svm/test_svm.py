@@ -418,3 +418,13 @@ def test_mining_rejects_bad_input(train_images, feature_scale) -> None:
         train_svms(lambda: iter(train_images), 1, feature_scale, SVMConfig(), progress=False)
     with pytest.raises(ValueError, match="evict_threshold"):
         SVMConfig(hard_threshold=-1.0, evict_threshold=-0.5)
+
+
+def test_messages_name_classes_not_numbers(train_images, feature_scale, caplog) -> None:
+    names = ["cat", "dog", "bird", "unicorn"]  # no image has a unicorn
+    svm = train_svms(lambda: train_images[:10], NUM_CLASSES + 1, feature_scale,
+                     SVMConfig(retrain_every=1000), progress=False, class_names=names)
+    assert svm.weights.shape[0] == NUM_CLASSES + 1
+    assert "SVM class unicorn has 0 positive" in caplog.text and "SVM class 3" not in caplog.text
+    with pytest.raises(ValueError, match="3 class names for 4 classes"):
+        HardNegativeMiner(NUM_CLASSES + 1, feature_scale, SVMConfig(), names[:3])
