@@ -326,10 +326,11 @@ def check_config(config: Config) -> None:
         problems.append(f"fc_width and max_side must be >= 1 and dropout in [0, 1), got "
                         f"{config.fc_width}, {config.max_side}, {config.dropout}")
     tune = config.finetune
-    if tune.batch_size < 1 or tune.iterations < 0 or tune.checkpoint_every < 1 or tune.history_every < 1:
-        problems.append(f"finetune.batch_size, checkpoint_every and history_every must be >= 1 and "
-                        f"finetune.iterations >= 0, got {tune.batch_size}, {tune.checkpoint_every}, "
-                        f"{tune.history_every}, {tune.iterations}")
+    for name in ("batch_size", "checkpoint_every", "history_every"):
+        if getattr(tune, name) < 1:
+            problems.append(f"finetune.{name} must be >= 1, got {getattr(tune, name)}")
+    if tune.iterations < 0:
+        problems.append(f"finetune.iterations must be >= 0, got {tune.iterations}")
     for name in ("lr", "lr_gamma", "momentum", "weight_decay"):
         value = getattr(tune, name)
         if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
