@@ -11,6 +11,23 @@ from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.train import train_detector
 
+# Settings small enough for a stage test on the tiny demo: one scale, narrow fc, a few iterations.
+TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 20, "finetune.lr_steps": (15,),
+        "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
+        "sampling.windows_per_image": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """A 6 + 4 image demo dataset with its own cache folder (``SPPNET_CACHE``), per test module."""
+    cache = tmp_path_factory.mktemp("cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SPPNET_CACHE", str(cache))
+    root = make_demo_dataset(cache / "demo", n_train=6, n_test=4, seed=3)
+    yield root
+    patch.undo()
+
+
 # The test pipeline's tiny setting, trained long enough to find the shapes of its own training
 # images (measured: the top detection of each of the 6 images is a GT shape of its class, IoU >= 0.63;
 # 30 iterations of 64-wide layers leave every SVM at its bias).

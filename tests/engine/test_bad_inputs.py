@@ -7,6 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import TINY
 from PIL import Image
 
 from detector.config import make_config
@@ -15,10 +16,6 @@ from detector.data.voc import load_voc, read_split_ids
 from detector.engine.test import test_detector
 from detector.engine.train import train_detector
 from detector.model.detector import load_model
-
-TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 20, "finetune.lr_steps": (15,),
-        "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
-        "sampling.windows_per_image": 32}
 
 
 def pattern(height, width):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 
 from detector.cli import train_det
 from detector.config import make_config
 from detector.core.images import image_digest, load_image
 from detector.core.paths import cache_root
-from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.train import train_detector, training_windows
 from detector.features import convmaps
@@ -29,19 +29,6 @@ from detector.model.detector import conv_map_folder
 from proposals.cache import ProposalCache, default_cache_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 20, "finetune.lr_steps": (15,),
-        "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
-        "sampling.windows_per_image": 32}
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SPPNET_CACHE", str(cache))
-    root = make_demo_dataset(cache / "demo", n_train=6, n_test=4, seed=3)
-    yield root
-    mp.undo()
 
 
 def train_tool(root, *arguments):

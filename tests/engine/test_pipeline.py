@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY as BASE_TINY
 
 import detector.head.finetune as finetune_module
 from detector.config import LEGACY_KEYS, SamplingConfig, make_config
 from detector.core.paths import cache_root
-from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.test import test_detector
 from detector.engine.train import train_detector, training_windows
@@ -24,25 +24,13 @@ from detector.head.sampling import sample_windows
 from detector.model.detector import conv_map_folder, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 30, "finetune.lr_steps": (20,),
-        "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
-        "sampling.windows_per_image": 32}
+TINY = {**BASE_TINY, "finetune.iterations": 30, "finetune.lr_steps": (20,)}
 
 
 def conv_map_provider(backbone, config, root):
     """The conv-map provider a detector built for the dataset at ``root`` uses."""
     return ConvMapProvider(backbone, ConvMapCache(conv_map_folder(cache_root(root), backbone, config)),
                            config.max_side)
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SPPNET_CACHE", str(cache))
-    root = make_demo_dataset(cache / "demo", n_train=6, n_test=4, seed=3)
-    yield root
-    mp.undo()
 
 
 def test_conv_map_cache_round_trip_and_broken_files(tmp_path):

@@ -12,11 +12,11 @@ from urllib.parse import quote
 
 import pytest
 import torch
+from conftest import TINY
 
 from detector.config import make_config, stage_settings
 from detector.core.integrity import StateFileError
 from detector.core.paths import cache_root
-from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.stages import read_classifiers
 from detector.engine.test import test_detector
@@ -25,19 +25,6 @@ from detector.head.finetune import read_finetune_checkpoint
 from detector.model.detector import load_model, read_model_file
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"scales": (224,), "fc_width": 64, "finetune.iterations": 20, "finetune.lr_steps": (15,),
-        "finetune.checkpoint_every": 10, "proposals.max_side": 160, "proposals.workers": 1,
-        "sampling.windows_per_image": 32}
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SPPNET_CACHE", str(cache))
-    root = make_demo_dataset(cache / "demo", n_train=6, n_test=4, seed=3)
-    yield root
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
