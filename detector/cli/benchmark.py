@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model
-from detector.cli.common import add_dataset_arguments, dataset_from_args, setup_logging
+from detector.cli.common import add_dataset_arguments, dataset_from_args, error_line, setup_logging
 from detector.config import make_config
 from detector.core.runtime import keep_freed_memory
 from detector.model.detector import load_model
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             model = fresh_model(dataset.classes, make_config("cpu"))
         results = benchmark_modes(model, dataset, args.images, threads=args.threads,
                                   progress=not args.quiet, fc6_rank=args.fc6_rank)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"benchmark.py: {error}") from error
+    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
+        raise SystemExit(f"benchmark.py: {error_line(error)}") from error
     print(format_benchmark(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

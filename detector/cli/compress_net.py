@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detector.cli.common import error_line
 from detector.model.compression import compress_model
 from detector.model.detector import load_model, save_model
 
@@ -23,10 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         model, factors = compress_model(load_model(args.model), args.rank)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"compress_net.py: {error}") from error
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(args.out, model)
+        save_model(args.out, model)
+    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
+        raise SystemExit(f"compress_net.py: {error_line(error)}") from error
     width, inputs = factors.second.shape[0], factors.first.shape[1]
     print(f"fc6 {width} x {inputs} -> rank {args.rank}: "
           f"{width * inputs / (args.rank * (width + inputs)):.1f}x fewer multiply-adds, "

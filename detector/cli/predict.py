@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.cli.common import setup_logging
+from detector.cli.common import error_line, setup_logging
 from detector.core.images import ImageReadError, load_image
 from detector.core.io import write_json_atomic
 from detector.inference.predictor import Detector
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         detector = Detector.load(args.model, args.device, {"test.scorer": args.scorer} if args.scorer else None)
         external = ExternalProposals(args.proposals) if args.proposals is not None else None
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"predict.py: {error}") from error
+    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
+        raise SystemExit(f"predict.py: {error_line(error)}") from error
     files = image_files(args.inputs)
     threshold = detector.default_threshold if args.score_threshold is None else args.score_threshold
     records, failed, taken = [], [], set()

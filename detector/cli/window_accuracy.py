@@ -5,7 +5,13 @@ import argparse
 import json
 from pathlib import Path
 
-from detector.cli.common import add_dataset_arguments, dataset_from_args, dataset_root_from_args, setup_logging
+from detector.cli.common import (
+    add_dataset_arguments,
+    dataset_from_args,
+    dataset_root_from_args,
+    error_line,
+    setup_logging,
+)
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
 from detector.engine.train import training_windows
@@ -22,10 +28,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     keep_freed_memory()
-    model = load_model(args.model, cache_dir=cache_root(dataset_root_from_args(args)))
-    dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
-    images = training_windows(dataset, model.config, progress=not args.quiet)
-    print(json.dumps(window_accuracy(model, images, args.seed, progress=not args.quiet), indent=1))
+    try:
+        model = load_model(args.model, cache_dir=cache_root(dataset_root_from_args(args)))
+        dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
+        images = training_windows(dataset, model.config, progress=not args.quiet)
+        accuracy = window_accuracy(model, images, args.seed, progress=not args.quiet)
+    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
+        raise SystemExit(f"window_accuracy.py: {error_line(error)}") from error
+    print(json.dumps(accuracy, indent=1))
 
 
 if __name__ == "__main__":

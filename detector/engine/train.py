@@ -30,6 +30,7 @@ from detector.config import Config
 from detector.core.integrity import seal
 from detector.core.io import save_checkpoint, write_json_atomic
 from detector.core.paths import cache_root
+from detector.core.records import ImageRecord
 from detector.core.runtime import (
     mapping_large_blocks,
     peak_rss_mib,
@@ -52,7 +53,7 @@ from detector.engine.stages import (
 from detector.features.convmaps import backbone_fingerprint
 from detector.features.rcnn import RCNNFeatures
 from detector.head.finetune import PoolingContext, finetune, training_data_digest
-from detector.inference.detect import window_features
+from detector.inference.detect import WindowFeatures, window_features
 from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
@@ -70,14 +71,29 @@ def training_windows(dataset: VOCDataset, config: Config, progress: bool = True)
     return [build_windows(r, proposals[r.image_id]) for r in dataset.records if r.image_id in proposals]
 
 
+def image_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray, stage: str) -> WindowFeatures | None:
+    """Features of one image's windows, or None (logged, naming the file) when this image fails;
+    an ``OSError`` (an unwritable cache) stops the run, its message naming the path."""
+    try:
+        return window_features(model, record, boxes, StageTimer())
+    except OSError:
+        raise
+    except Exception as error:  # this image only (decode, trunk or pooling failure)
+        log.error("%s: skipping image %s (%s): %s", stage, record.image_id, record.path, error)
+        return None
+
+
 def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: np.random.Generator,
                       num_images: int = 20, per_image: int = 100) -> float:
     """Scale that gives fc7 features a mean L2 norm of 20, from a sample of training windows."""
     sample = []
     for i in rng.choice(len(train), min(num_images, len(train)), replace=False):
         rows = rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)
-        features = window_features(model, train[i].record, train[i].boxes[rows], StageTimer())
-        sample.append(features.window_fc7().numpy())
+        features = image_features(model, train[i].record, train[i].boxes[rows], "SVM feature scale")
+        if features is not None:
+            sample.append(features.window_fc7().numpy())
+    if not sample:
+        raise ValueError("SVM feature scale: no sampled training image gave features (see the errors above)")
     return estimate_feature_scale(np.concatenate(sample))
 
 
@@ -110,12 +126,8 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
         passes_started += 1
         for windows in trimming(train):
             record = windows.record
-            try:
-                features = window_features(model, record, windows.boxes, StageTimer())
-            except OSError:
-                raise  # an unwritable cache stops the run; the message names the path
-            except Exception as error:  # this image only (decode, trunk or pooling failure)
-                log.error("SVMs: skipping image %s (%s): %s", record.image_id, record.path, error)
+            features = image_features(model, record, windows.boxes, "SVMs")
+            if features is None:
                 continue
             if feed_regression:
                 pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
