@@ -9,7 +9,11 @@ write; ``differences`` names every key that does not, for the log line and the r
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
 
 
 def make_record(settings: Mapping[str, Any], classes: list[str], trunk: str,
@@ -39,3 +43,21 @@ def differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[s
         if old.get(part) != new.get(part):
             lines.append(f"{part}: {_short(old.get(part))} -> {_short(new.get(part))}")
     return lines
+
+
+def reusable_state(path: Path, read: Callable[[Path], dict[str, Any]], record: Mapping[str, Any], policy: str,
+                   what: str) -> dict[str, Any] | None:
+    """The checked state in ``path`` (``read``) when its ``"stage"`` record equals ``record``; None when
+    the stage must be (re)computed: policy ``force``, no file, or a differing record under ``auto``
+    (logged with the keys that differ); a ``ValueError`` naming the file and keys under ``resume``."""
+    if policy == "force" or not Path(path).exists():
+        return None
+    state = read(path)
+    changed = differences(state.get("stage"), record)
+    if not changed:
+        return state
+    if policy == "resume":
+        raise ValueError(f"{path} was made with other settings or inputs ({'; '.join(changed)}); use "
+                         f"another --out, or rerun without --resume to redo the {what}")
+    log.warning("%s: %s was made with other settings or inputs (%s); doing it again", what, path, "; ".join(changed))
+    return None

@@ -26,8 +26,7 @@ import torch
 
 from detector.config import Config, stage_settings
 from detector.core.integrity import load_checked
-from detector.core.provenance import differences, make_record
-from detector.core.runtime import check_device  # noqa: F401  (re-exported: the checks run before long work)
+from detector.core.provenance import make_record, reusable_state
 from detector.features.backbones import BACKBONES, Backbone
 
 log = logging.getLogger(__name__)
@@ -51,20 +50,9 @@ def read_classifiers(path: Path) -> dict[str, Any]:
 
 
 def reusable_classifiers(path: Path, record: dict[str, Any], policy: str) -> dict[str, Any] | None:
-    """The checked state of ``classifiers.pt`` when its record equals ``record``; None when it must be
-    (re)computed; a ``ValueError`` under policy ``resume`` when it differs."""
-    if policy == "force" or not path.exists():
-        return None
-    state = read_classifiers(path)
-    changed = differences(state.get("stage"), record)
-    if not changed:
-        return state
-    if policy == "resume":
-        raise ValueError(f"{path} was made with other settings or inputs ({'; '.join(changed)}); use "
-                         "another --out, or rerun without --resume to train it again")
-    log.warning("SVMs and box regressors: %s was made with other settings or inputs (%s); training again",
-                path, "; ".join(changed))
-    return None
+    """The checked state of ``classifiers.pt`` when its record equals ``record``, else None
+    (``detector.core.provenance.reusable_state``)."""
+    return reusable_state(path, read_classifiers, record, policy, "SVMs and box regressors")
 
 
 def check_writable(folders: Iterable[Path]) -> None:

@@ -32,6 +32,7 @@ from detector.core.io import save_checkpoint, write_json_atomic
 from detector.core.paths import cache_root
 from detector.core.records import ImageRecord
 from detector.core.runtime import (
+    check_device,
     mapping_large_blocks,
     peak_rss_mib,
     release_freed_memory,
@@ -44,7 +45,6 @@ from detector.engine.record import TrainingRecord
 from detector.engine.stages import (
     POLICIES,
     check_backbone_name,
-    check_device,
     check_scales,
     check_writable,
     classifiers_record,

@@ -42,7 +42,7 @@ from detector.core.boxes import flip_boxes
 from detector.core.images import image_digest
 from detector.core.integrity import load_checked, seal
 from detector.core.io import save_checkpoint
-from detector.core.provenance import differences, make_record
+from detector.core.provenance import make_record, reusable_state
 from detector.core.windows import ImageWindows
 from detector.features.convmaps import ConvMapProvider, backbone_fingerprint
 from detector.features.geometry import TrunkGeometry
@@ -215,26 +215,15 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.finetune.lr_steps), config.finetune.lr_gamma)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    state = None
     record = finetune_record(context, train, classes, config)
-    if checkpoint_path.exists() and policy != "force":
-        state = read_finetune_checkpoint(checkpoint_path)
-        changed = differences(state.get("stage"), record)
-        if changed and policy == "resume":
-            raise ValueError(f"{checkpoint_path} was made with other settings or inputs ("
-                             + "; ".join(changed) + "); use another --out, or rerun without --resume "
-                             "to fine-tune again")
-        if changed:
-            log.warning("fine-tuning: %s was made with other settings or inputs (%s); fine-tuning again",
-                        checkpoint_path, "; ".join(changed))
-            state = None
-        elif state["iteration"] >= config.finetune.iterations:
-            head.load_state_dict(state["head"])
-            head.eval()
-            log.info("fine-tuning: %s is complete (%d iterations) and made with these settings; reusing it",
-                     checkpoint_path, state["iteration"])
-            return {"iterations": 0, "seconds": 0.0, "reused": str(checkpoint_path),
-                    "checksum": state["checksum"], "record": record}
+    state = reusable_state(checkpoint_path, read_finetune_checkpoint, record, policy, "fine-tuning")
+    if state is not None and state["iteration"] >= config.finetune.iterations:
+        head.load_state_dict(state["head"])
+        head.eval()
+        log.info("fine-tuning: %s is complete (%d iterations) and made with these settings; reusing it",
+                 checkpoint_path, state["iteration"])
+        return {"iterations": 0, "seconds": 0.0, "reused": str(checkpoint_path),
+                "checksum": state["checksum"], "record": record}
     started = time.perf_counter()
     sampling = config.sampling
     flips = (False, True) if config.sampling.flip else (False,)

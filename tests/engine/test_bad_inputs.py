@@ -11,7 +11,6 @@ from conftest import TINY
 from PIL import Image
 
 from detector.config import make_config
-from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc, read_split_ids
 from detector.engine.test import test_detector
 from detector.engine.train import train_detector
@@ -35,13 +34,10 @@ def xml(image_id, width, height, objects):
 
 
 @pytest.fixture(scope="module")
-def bad_dataset(tmp_path_factory):
+def bad_dataset(tiny_demo, tmp_path_factory):
     """The tiny demo's training images plus one of each bad or odd case; returns (root, classes)."""
-    cache = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SPPNET_CACHE", str(cache))
-    demo = make_demo_dataset(cache / "demo", n_train=6, n_test=4, seed=3)
-    root = cache / "bad"
+    demo = tiny_demo
+    root = tmp_path_factory.mktemp("bad") / "bad"
     shutil.copytree(demo, root)
     classes = load_voc(demo, "train").classes
     name = classes[0]
@@ -79,8 +75,7 @@ def bad_dataset(tmp_path_factory):
     ids = read_split_ids(demo, "train") + ["truncated", "zero_byte", "png_as_jpg", "grey", "rgba", "sixteen",
                                            "tiny", "wide", "sliver", "malformed", "no_xml", "boxes", "grey"]
     (root / "ImageSets" / "Main" / "bad.txt").write_text("".join(f"{i}\n" for i in ids))
-    yield root, classes
-    mp.undo()
+    return root, classes
 
 
 def test_the_loader_names_each_problem_and_keeps_what_a_trunk_can_take(bad_dataset, caplog):
