@@ -14,7 +14,7 @@ import numpy as np
 
 from detector.core.detections import Detections, DetectionSet, ImageDetections
 from detector.core.records import ImageRecord
-from detector.evaluation.voc_eval import evaluate_detection_set, evaluate_detections, json_number, pr_curves
+from detector.evaluation.voc_eval import EvalResult, curves_of, evaluate_detection_set, evaluate_detections, json_number
 
 
 class VOCEvaluator:
@@ -29,11 +29,13 @@ class VOCEvaluator:
     def reset(self) -> None:
         """Forget every image processed so far."""
         self.records: list[ImageRecord] = []
+        self._voc: EvalResult | None = None  # the VOC evaluation of what was processed, once computed
         self._parts: dict[int, list[Detections]] = {k: [] for k in range(len(self.classes))}
 
     def process(self, record: ImageRecord, found: ImageDetections) -> None:
         """Add one image: its record (with GT) and its detections (labels index ``classes``)."""
         self.records.append(record)
+        self._voc = None
         for k in np.unique(found.labels):
             rows = found.labels == k
             self._parts[int(k)].append(Detections([record.image_id] * int(rows.sum()),
@@ -42,6 +44,7 @@ class VOCEvaluator:
     def process_set(self, records: Sequence[ImageRecord], detection_set: Mapping[str, Detections]) -> None:
         """Add whole images at once: their records and a detection set keyed by class name."""
         self.records.extend(records)
+        self._voc = None
         for k, name in enumerate(self.classes):
             if name in detection_set:
                 self._parts[k].append(detection_set[name])
@@ -54,12 +57,19 @@ class VOCEvaluator:
     def evaluate(self) -> dict:
         """``{"metric", "num_images", "mAP", "ap": {class: AP}[, "coco": {...}]}``, undefined
         values None (a class absent from the images has no AP)."""
+        voc = self._voc_result()
         if self.coco:
-            return evaluate_detection_set(self.detection_set(), self.records, self.classes, self.use_07_metric)
-        voc = evaluate_detections(self.detection_set(), self.records, self.classes, self.use_07_metric)
+            return evaluate_detection_set(self.detection_set(), self.records, self.classes, self.use_07_metric, voc)
         return {"metric": "voc07" if self.use_07_metric else "voc10", "num_images": len(self.records),
                 "mAP": json_number(voc.mAP), "ap": {name: json_number(v) for name, v in voc.ap.items()}}
 
     def pr_curves(self) -> dict:
-        """The precision / recall curve of every class (``voc_eval.pr_curves``)."""
-        return pr_curves(self.detection_set(), self.records, self.classes, self.use_07_metric)
+        """The precision / recall curve of every class (``voc_eval.pr_curves``), from the same
+        matching pass as ``evaluate``."""
+        return curves_of(self._voc_result(), self.use_07_metric)
+
+    def _voc_result(self) -> EvalResult:
+        """The VOC evaluation of the images processed so far, computed once."""
+        if self._voc is None:
+            self._voc = evaluate_detections(self.detection_set(), self.records, self.classes, self.use_07_metric)
+        return self._voc

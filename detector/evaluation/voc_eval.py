@@ -41,7 +41,7 @@ import json
 import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +93,12 @@ class ClassResult:
 
 @dataclass
 class EvalResult:
-    """AP per class name (NaN: no positives) and their mean over the defined ones."""
+    """AP per class name (NaN: no positives), their mean over the defined ones, and each class's
+    full result (its precision / recall curve)."""
 
     ap: dict[str, float]
     mAP: float
+    per_class: dict[str, ClassResult] = field(default_factory=dict)
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
@@ -252,13 +254,13 @@ def evaluate_detections(
 ) -> EvalResult:
     """VOC AP of every class in ``classes`` (a class absent from the set has no detections)."""
     check_class_names(detection_set, classes)
-    ap = {
-        name: evaluate_class(detection_set.get(name, Detections.empty()), records, k,
-                             use_07_metric=use_07_metric).ap
+    per_class = {
+        name: evaluate_class(detection_set.get(name, Detections.empty()), records, k, use_07_metric=use_07_metric)
         for k, name in enumerate(classes)
     }
+    ap = {name: result.ap for name, result in per_class.items()}
     defined = [value for value in ap.values() if not math.isnan(value)]
-    return EvalResult(ap, float(np.mean(defined)) if defined else math.nan)
+    return EvalResult(ap, float(np.mean(defined)) if defined else math.nan, per_class)
 
 
 def json_number(value: float) -> float | None:
@@ -271,10 +273,12 @@ def evaluate_detection_set(
     records: Sequence[ImageRecord],
     classes: Sequence[str],
     use_07_metric: bool = True,
+    voc: EvalResult | None = None,
 ) -> dict:
     """VOC and COCO metrics of a detection set as a JSON-ready dict (undefined values None):
-    ``{"metric", "num_images", "mAP", "ap": {class: AP}, "coco": {"AP", "AP50", ...}}``."""
-    voc = evaluate_detections(detection_set, records, classes, use_07_metric)
+    ``{"metric", "num_images", "mAP", "ap": {class: AP}, "coco": {"AP", "AP50", ...}}``; ``voc``:
+    this set's ``evaluate_detections`` result when already computed."""
+    voc = voc or evaluate_detections(detection_set, records, classes, use_07_metric)
     coco = coco_metrics(detection_set, records, classes)
     return {
         "metric": "voc07" if use_07_metric else "voc10",
@@ -298,10 +302,13 @@ def pr_curves(
     ``{"metric": "voc07"|"voc10", "classes": {name: {"ap", "npos", "precision": [...],
     "recall": [...]}}}`` (one point per ranked detection; a class without positives has AP
     null and empty curves).  ``voc_ap(recall, precision, metric == "voc07")`` gives ``ap`` back."""
-    check_class_names(detection_set, classes)
+    return curves_of(evaluate_detections(detection_set, records, classes, use_07_metric), use_07_metric)
+
+
+def curves_of(voc: EvalResult, use_07_metric: bool) -> dict:
+    """``pr_curves``' dict from an ``evaluate_detections`` result (no second matching pass)."""
     curves = {}
-    for k, name in enumerate(classes):
-        result = evaluate_class(detection_set.get(name, Detections.empty()), records, k, use_07_metric=use_07_metric)
+    for name, result in voc.per_class.items():
         defined = result.npos > 0
         curves[name] = {"ap": json_number(result.ap), "npos": result.npos,
                         "precision": result.precision.tolist() if defined else [],
@@ -429,12 +436,13 @@ def evaluate_result_dir(
     detection_set = read_result_files(
         result_dir, split, dataset.classes, image_ids=[r.image_id for r in dataset.records]
     )
+    voc = evaluate_detections(detection_set, dataset.records, dataset.classes, use_07_metric)
     metrics = {"split": split, **evaluate_detection_set(detection_set, dataset.records, dataset.classes,
-                                                        use_07_metric)}
+                                                        use_07_metric, voc)}
     path = Path(result_dir) / metrics_file
     write_json_atomic(path, metrics)
     write_pr_curves_json(Path(result_dir) / PR_CURVES_FILE,
-                         pr_curves(detection_set, dataset.records, dataset.classes, use_07_metric))
+                         curves_of(voc, use_07_metric))
     logger.info("wrote %s (mAP %s)", path, metrics["mAP"])
     return metrics
 
