@@ -52,6 +52,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from detector.core.boxes import box_problems
 from detector.core.images import ImageReadError, image_digest, load_image
 from detector.core.io import save_atomic
 from detector.core.locks import item_lock
@@ -167,13 +168,9 @@ def _entry_problem(entry: CacheEntry, expected_size: tuple[int, int] | None) -> 
         return f"bad image size {entry.image_size}"
     if expected_size is not None and tuple(entry.image_size) != tuple(expected_size):
         return f"stored image size {entry.image_size} differs from the image's {tuple(expected_size)}"
-    if not np.isfinite(boxes).all():
-        return "non-finite box coordinates"
-    width, height = entry.image_size
-    if len(boxes) and (boxes[:, :2].min() < 0 or boxes[:, 2].max() > width or boxes[:, 3].max() > height):
-        return f"boxes outside the {width}x{height} image"
-    if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
-        return "empty boxes (x2 <= x1 or y2 <= y1)"
+    problems = box_problems(boxes, *entry.image_size)
+    if problems:
+        return f"bad boxes: {problems[0][0]}"
     if not (np.isfinite([entry.seconds, entry.cpu_seconds]).all() and min(entry.seconds, entry.cpu_seconds) >= 0):
         return f"bad timings {entry.seconds}, {entry.cpu_seconds}"
     return None

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.core.boxes import box_problems
 from detector.core.records import ImageRecord
 from proposals.cache import escape_image_id, load_or_compute_proposals
 
@@ -43,17 +44,9 @@ def check_boxes(boxes: object, width: int, height: int, where: str) -> np.ndarra
         return np.zeros((0, 4), np.float32)
     if array.ndim != 2 or array.shape[1] != 4:
         raise ValueError(f"{where}: boxes must be a list of [x1, y1, x2, y2], got shape {array.shape}")
-    problems = []
-    if not np.isfinite(array).all():
-        problems.append(("non-finite coordinates", ~np.isfinite(array).all(axis=1)))
-    else:
-        problems.append(("empty (x2 <= x1 or y2 <= y1)", (array[:, 2] <= array[:, 0]) | (array[:, 3] <= array[:, 1])))
-        problems.append((f"outside the {width}x{height} image",
-                         (array[:, 0] < 0) | (array[:, 1] < 0) | (array[:, 2] > width) | (array[:, 3] > height)))
-    for what, bad in problems:
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{where}: {int(bad.sum())} box(es) {what}, first row {row}: {array[row].tolist()}")
+    for what, bad in box_problems(array, width, height):
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: {int(bad.sum())} box(es) {what}, first row {row}: {array[row].tolist()}")
     return array.astype(np.float32)
 
 

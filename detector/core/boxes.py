@@ -56,3 +56,16 @@ def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     """Mirror continuous boxes left-right in an image ``width`` pixels wide."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+
+
+def box_problems(boxes: np.ndarray, width: int, height: int) -> list[tuple[str, np.ndarray]]:
+    """What is wrong with (M, 4) boxes for a ``width`` x ``height`` image: ``(problem, row mask)``
+    pairs, each with a mask of the rows it hits (empty list: every box is finite, non-empty, inside)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    finite = np.isfinite(boxes).all(axis=1)
+    if not finite.all():
+        return [("non-finite coordinates", ~finite)]
+    problems = [("empty (x2 <= x1 or y2 <= y1)", (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])),
+                (f"outside the {width}x{height} image",
+                 (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height))]
+    return [(what, rows) for what, rows in problems if rows.any()]
