@@ -36,6 +36,9 @@ Decisions:
   searched twice and no file is written by two processes.
 - A failing image (unreadable file, size disagreeing with its record, OpenCV error) is
   logged naming the file and listed in the report; the other images go on.
+- Several processes under ``torchrun`` (``detector.core.distributed``): ``load_or_compute_proposals``
+  has each rank compute its shard of the images (``shard``, strided), waits for every rank
+  (``barrier``), then every rank reads the whole cache; no two ranks search the same image.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from detector.core import distributed
 from detector.core.boxes import box_problems
 from detector.core.images import ImageReadError, image_digest, load_image
 from detector.core.io import save_atomic
@@ -328,10 +332,13 @@ def load_or_compute_proposals(
     cache, computing missing ones.
 
     Images whose proposals could not be computed are absent from the result (their
-    failure is logged by ``compute_proposals``).
+    failure is logged by ``compute_proposals``).  Under ``torchrun`` each rank computes its shard,
+    then every rank reads every image's file (module docstring).
     """
     cache = ProposalCache(default_cache_folder(root, mode, max_side))
-    compute_proposals(records, cache, workers, mode, max_side, progress)
+    compute_proposals(distributed.shard(records), cache, workers, mode, max_side,
+                      progress and distributed.is_main())
+    distributed.barrier()
     proposals = {}
     for record in records:
         digest = _digest_or_none(record.path)

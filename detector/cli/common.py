@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from detector.config import FEATURE_PATHS, PRESETS, Config, make_config
+from detector.core import distributed
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import VOCDataset, load_voc
 from proposals.cache import ProposalCache, default_cache_folder
@@ -48,7 +52,8 @@ def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
     """--voc-root / --split (both required) and the selective search cache options."""
     parser.add_argument("--voc-root", required=True, type=Path, help="dataset folder in the VOC layout")
     parser.add_argument("--split", required=True, help="split name (ImageSets/Main/<split>.txt)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes for missing proposals (default 2)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes for missing proposals (default 2; under torchrun 1 per rank)")
     parser.add_argument("--method", choices=MODES, default="fast", help="selective search mode (default fast)")
     parser.add_argument("--max-side", type=int, default=500, help="longest side searched (default 500)")
     parser.add_argument("--cache-dir", type=Path, help="cache folder (default: the dataset's cache for this mode)")
@@ -67,6 +72,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key] = value
+    if distributed.env_world_size() > 1 and not any(key in ("workers", "proposals.workers") for key in overrides):
+        overrides["proposals.workers"] = 1  # under torchrun the ranks share the images: one search each
     shortcuts = {"backbone": "backbone", "weights": "weights", "scales": "scales", "feature_path": "feature_path",
                  "seed": "seed", "device": "device", "workers": "proposals.workers"}
     for attribute, key in shortcuts.items():
@@ -96,8 +103,23 @@ def dataset_from_args(args: argparse.Namespace, default_demo_split: str,
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log lines to stderr; under ``torchrun`` each line names its rank."""
+    where = f"[rank {os.environ.get('RANK', '0')}] " if distributed.env_world_size() > 1 else ""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@contextmanager
+def process_group(device: str | None) -> Iterator[None]:
+    """Run the block in the process group ``torchrun`` describes (none for a plain process, where
+    nothing changes), leaving the group at the end; an exception is logged as ``rank R failed:
+    <cause>`` before it propagates (``detector.core.distributed``)."""
+    with distributed.failure_logged():
+        distributed.init_from_env(device)
+        try:
+            yield
+        finally:
+            distributed.shutdown()
 
 
 def error_line(error: Exception) -> str:

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
 
     dataset = load_voc(args.voc_root, args.split)
     cache = proposal_cache_from_args(args)
-    report = compute_proposals(dataset.records, cache, args.workers, args.method, args.max_side)
+    report = compute_proposals(dataset.records, cache, 2 if args.workers is None else args.workers, args.method,
+                               args.max_side)
     stats = proposal_recall(dataset.records, cache, args.iou, args.max_proposals)
     timings = search_timings(dataset.records, cache)
 

@@ -14,6 +14,8 @@ With no --voc-root it tests on the embedded demo dataset's test split.
 annotations'), prints the AP table and writes ``DIR/metrics_eval.json`` (leaving the test run's
 ``metrics.json`` as it was), ``DIR/pr_curves.json`` and ``DIR/pr_curves.png`` (a class with no
 result file has AP 0).
+Under torchrun (torchrun --nproc_per_node N tools/test_det.py ...) the images are split across the
+ranks and rank 0 writes every file and prints.
 """
 from __future__ import annotations
 
@@ -21,19 +23,23 @@ import argparse
 import json
 from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from detector.cli.common import (
     add_dataset_arguments,
     dataset_from_args,
     dataset_root_from_args,
     error_line,
+    process_group,
     setup_logging,
 )
-from detector.config import FEATURE_PATHS
+from detector.config import FEATURE_PATHS, config_from_dict
+from detector.core import distributed
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
 from detector.engine.test import PR_CURVES_PNG, test_detector
 from detector.evaluation.voc_eval import EVAL_METRICS_FILE, PR_CURVES_FILE, evaluate_result_dir, format_ap_table
-from detector.model.detector import load_model
+from detector.model.detector import load_model, read_model_file
 from detector.visualization.plots import plot_pr_curves
 
 
@@ -74,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@record  # under torchrun, a failing rank's traceback is in the agent's report
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
@@ -89,15 +96,20 @@ def main(argv: list[str] | None = None) -> None:
             return
         overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path,
                      "proposals.source": str(args.proposals.resolve()) if args.proposals is not None else None}
-        model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)),
-                           {k: v for k, v in overrides.items() if v is not None})
-        dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
-        if args.images is not None:
-            dataset = dataset.first(args.images)
-        metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
-                                progress=not args.quiet, show_dir=args.show_dir, show=args.show)
-        print(format_ap_table(metrics))
-        print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
+        device = args.device
+        if device is None and distributed.env_world_size() > 1:  # the backend follows the model's device
+            device = config_from_dict(read_model_file(args.model)["config"]).device
+        with process_group(device):
+            model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)),
+                               {k: v for k, v in overrides.items() if v is not None})
+            dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
+            if args.images is not None:
+                dataset = dataset.first(args.images)
+            metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
+                                    progress=not args.quiet, show_dir=args.show_dir, show=args.show)
+            if distributed.is_main():
+                print(format_ap_table(metrics))
+                print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
     except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
         raise SystemExit(f"test_det.py: {error_line(error)}") from error
 

@@ -1,10 +1,14 @@
 """Train an SPP-net detector: proposals, conv maps, fine-tuning, SVMs, box regression -> DIR/model.pt.
 
-DIR also gets the run's record: config.json, train.log, history.jsonl, training_curves.png."""
+DIR also gets the run's record: config.json, train.log, history.jsonl, training_curves.png.
+Under torchrun (torchrun --nproc_per_node N tools/train_det.py ...) the ranks share the work and
+rank 0 writes DIR's files (README, "Running on several processes")."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from detector.cli.common import (
     add_config_arguments,
@@ -12,12 +16,15 @@ from detector.cli.common import (
     config_from_args,
     dataset_from_args,
     error_line,
+    process_group,
     setup_logging,
 )
+from detector.core import distributed
 from detector.core.runtime import keep_freed_memory
 from detector.engine.train import train_detector
 
 
+@record  # under torchrun, a failing rank's traceback is in the agent's report
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_dataset_arguments(parser, default_demo_split="train")
@@ -41,12 +48,14 @@ def main(argv: list[str] | None = None) -> None:
         args.set = [*args.set, f"proposals.source={Path(args.proposals).resolve()}"]
     config = config_from_args(args)
     dataset = dataset_from_args(args, default_demo_split="train")
-    try:
-        model_path = train_detector(dataset, config, args.out, progress=not args.quiet,
-                                    policy="resume" if args.resume else "force" if args.force else "auto")
-    except (ValueError, OSError) as error:  # bad input, unwritable path: the message names the value or file
-        raise SystemExit(f"train_det.py: {error_line(error)}") from error
-    print(f"wrote {model_path}")
+    with process_group(config.device):
+        try:
+            model_path = train_detector(dataset, config, args.out, progress=not args.quiet,
+                                        policy="resume" if args.resume else "force" if args.force else "auto")
+        except (ValueError, OSError) as error:  # bad input, unwritable path: the message names the value or file
+            raise SystemExit(f"train_det.py: {error_line(error)}") from error
+        if distributed.is_main():
+            print(f"wrote {model_path}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def read_history(path: str | Path) -> list[dict]:
 class TrainingRecord:
     """Context manager that keeps the record of one training run in ``out_dir`` (module docstring)."""
 
-    def __init__(self, out_dir: str | Path, config: Config, classes: Sequence[str]) -> None:
+    def __init__(self, out_dir: str | Path, config: Config, classes: Sequence[str], active: bool = True) -> None:
+        """``active`` False: record nothing (the ranks other than 0 of a ``torchrun`` run)."""
+        self.active = active
         self.out_dir = Path(out_dir)
         self.config = config
         self.classes = list(classes)
@@ -64,6 +66,8 @@ class TrainingRecord:
         self._root_level = logging.WARNING
 
     def __enter__(self) -> TrainingRecord:
+        if not self.active:
+            return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / CONFIG_FILE, self.config.to_dict())
         root = logging.getLogger()
@@ -80,6 +84,8 @@ class TrainingRecord:
         return self
 
     def _write(self, row: dict[str, Any]) -> None:
+        if not self.active:
+            return
         self._history.write(json.dumps(row) + "\n")
         self._history.flush()
 
@@ -93,6 +99,8 @@ class TrainingRecord:
         self._write({"stage": "svm", "class_name": name, **row})
 
     def __exit__(self, *exc_info: object) -> None:
+        if not self.active:
+            return
         self._history.close()
         try:
             plot_training_curves(read_history(self.out_dir / HISTORY_FILE), self.out_dir / CURVES_FILE)

@@ -5,6 +5,10 @@ pooling) is logged naming its file and skipped (its GT boxes still count, as mis
 ``skipped_images`` in ``metrics.json``.  ``classes.json`` beside the results records the model's
 class list, the split and the dataset folder, so that ``--eval-only`` and ``tools/ensemble.py``
 use the classes the results were made for (``detector.evaluation.voc_eval.CLASSES_FILE``).
+
+Under ``torchrun`` (``detector.core.distributed``) the images are split across ranks and their
+detections gathered to rank 0, which alone writes the result files, the COCO JSON, ``metrics.json``
+and the curves; ``seconds_per_image`` then sums every rank's seconds over every rank's images.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from detector.core import distributed
+from detector.core.detections import ImageDetections
 from detector.core.io import write_json_atomic
 from detector.core.runtime import trimming
 from detector.core.timing import StageTimer
@@ -35,15 +41,22 @@ PR_CURVES_PNG = "pr_curves.png"
 
 def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvaluator | KeepFirst,
                  progress: bool = True) -> StageTimer:
-    """Detect on every image of the split, feeding ``evaluator`` (anything with its ``process``);
-    returns the per-stage timings."""
+    """Detect on every image of the split, feeding ``evaluator`` (anything with its ``process``) in
+    the split's order; returns the per-stage timings.
+
+    Under ``torchrun`` each rank detects on its shard of the images; the detections are gathered
+    to rank 0, which alone feeds ``evaluator`` (the other ranks' stays empty), and rank 0's timer
+    sums every rank's seconds and images."""
     timer = StageTimer()
     with timer.stage("proposals"):
         proposals = load_proposals(dataset.root, dataset.records, model.config.proposals.method,
                                    model.config.proposals.max_side, model.config.proposals.workers,
                                    progress, model.config.proposals.source)
-    timer.skipped = len(dataset.records) - len(proposals)
-    for record in trimming(tqdm(dataset.records, desc="detecting", disable=not progress, unit="img")):
+    missing = len(dataset.records) - len(proposals)
+    found_here: list[tuple[int, ImageDetections]] = []
+    mine = distributed.shard(list(enumerate(dataset.records)))
+    bar = tqdm(mine, desc="detecting", disable=not progress or not distributed.is_main(), unit="img")
+    for index, record in trimming(bar):
         if record.image_id not in proposals:
             continue
         try:
@@ -54,7 +67,18 @@ def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvalua
             log.error("detection: skipping image %s (%s): %s", record.image_id, record.path, error)
             timer.skipped += 1
             continue
-        evaluator.process(record, found)
+        found_here.append((index, found))
+    parts = distributed.gather_to_main((found_here, dict(timer.seconds), timer.images, timer.skipped))
+    if parts is None:
+        return timer
+    if len(parts) > 1:
+        timer = StageTimer()
+        timer.seconds.update(distributed.merge_counts(part[1] for part in parts))
+        timer.images = sum(part[2] for part in parts)
+        timer.skipped = sum(part[3] for part in parts)
+    timer.skipped += missing
+    for index, found in sorted((item for part in parts for item in part[0]), key=lambda item: item[0]):
+        evaluator.process(dataset.records[index], found)
     return timer
 
 
@@ -65,10 +89,13 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     (pr_curves.json, pr_curves.png), and return the metrics; with ``show_dir``, also draw the
     first ``show`` images (``detector.engine.show``)."""
     check_writable([out_dir] + ([show_dir] if show_dir is not None else []))
-    write_classes_file(out_dir, model.classes, dataset.split, dataset.root)
+    if distributed.is_main():
+        write_classes_file(out_dir, model.classes, dataset.split, dataset.root)
     evaluator = VOCEvaluator(model.classes, use_07_metric)
     keeper = KeepFirst(evaluator, show if show_dir is not None else 0)
     timer = run_detector(model, dataset, keeper, progress)
+    if not distributed.is_main():
+        return distributed.broadcast_from_main(None)  # rank 0's metrics, once it has written every file
     detection_set = evaluator.detection_set()
     write_result_files(out_dir, dataset.split, detection_set, model.classes)
     write_json_atomic(out_dir / "detections_coco.json",
@@ -81,7 +108,7 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     write_pr_curves(out_dir, evaluator.pr_curves(), f"{dataset.split} ({len(dataset.records)} images)")
     if show_dir is not None:
         draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir)
-    return metrics
+    return distributed.broadcast_from_main(metrics)
 
 
 def write_pr_curves(out_dir: Path, curves: dict, title: str = "") -> None:

@@ -13,6 +13,13 @@ cache are writable and that the smallest scale gives the trunk a map (``detector
 Stage outputs are reused only when their provenance records match (``detector.engine.stages``,
 policies auto / resume / force).  An image whose conv maps cannot be made (decode or trunk error)
 is named in the log and left out of every later stage; the summary counts it.
+
+Several processes (``torchrun``, ``detector.core.distributed``): every rank runs these stages on
+the same arguments.  Proposals and conv maps: each rank computes its shard of the images into
+the shared caches, then all read them.  Fine-tuning: DistributedDataParallel on the same total
+mini-batch (``detector.head.finetune``).  SVMs and box regressors: the fc7 features are computed
+by all ranks together and every rank mines the same stream (``train_classifiers``).  Rank 0 alone
+writes the run's files (record, checkpoints, ``classifiers.pt``, ``model.pt``, summary).
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import torch
 from bbox_regression.ridge import BoxRegressor, BoxRegressorTrainer
 from bbox_regression.training_pairs import select_training_pairs
 from detector.config import Config
+from detector.core import distributed
 from detector.core.integrity import seal
 from detector.core.io import save_checkpoint, write_json_atomic
 from detector.core.paths import cache_root
@@ -85,13 +93,18 @@ def image_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
 
 def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: np.random.Generator,
                       num_images: int = 20, per_image: int = 100) -> float:
-    """Scale that gives fc7 features a mean L2 norm of 20, from a sample of training windows."""
-    sample = []
+    """Scale that gives fc7 features a mean L2 norm of 20, from a sample of training windows
+    (under ``torchrun`` the sampled images are split across ranks and every rank gets them all)."""
+    plan = []
     for i in rng.choice(len(train), min(num_images, len(train)), replace=False):
-        rows = rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)
-        features = image_features(model, train[i].record, train[i].boxes[rows], "SVM feature scale")
-        if features is not None:
-            sample.append(features.window_fc7().numpy())
+        plan.append((train[i], rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)))
+
+    def sample_fc7(item: tuple[ImageWindows, np.ndarray]) -> np.ndarray | None:
+        windows, rows = item
+        features = image_features(model, windows.record, windows.boxes[rows], "SVM feature scale")
+        return None if features is None else features.window_fc7().numpy()
+
+    sample = [fc7 for _, fc7 in distributed.ordered_stream(plan, sample_fc7) if fc7 is not None]
     if not sample:
         raise ValueError("SVM feature scale: no sampled training image gave features (see the errors above)")
     return estimate_feature_scale(np.concatenate(sample))
@@ -113,31 +126,51 @@ class SizedPass:
 def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
                       on_retrain: Callable[[dict], None] | None = None
                       ) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
-    """Per-class SVMs (hard negative mining) on fc7 and box regressors on pooled conv5."""
+    """Per-class SVMs (hard negative mining) on fc7 and box regressors on pooled conv5.
+
+    Several processes (``torchrun``): computing the fc7 features of every window of every image
+    (most of this stage's time) is split across ranks by ``distributed.ordered_stream``, which
+    hands every rank every image's features in the order of ``train``.  Every rank then runs the
+    same deterministic mining on the same stream, so the hard-negative caches (enter above
+    ``svm.hard_threshold``, evicted below ``svm.evict_threshold``, retrain every
+    ``svm.retrain_every`` additions) and the SVMs are the same on every rank without any exchange
+    of caches; one rank is exactly the one-process run, and N ranks differ from it only by the
+    float rounding of fc7 computed in another process.  The box regressors get the same stream's
+    pooled features of their training pairs in the first pass."""
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
     regression = BoxRegressorTrainer(config.bbox, model.classes)
     passes_started = 0
 
+    def one_image(windows: ImageWindows, feed_regression: bool) -> tuple[ImageFeatures, tuple | None] | None:
+        """One image's fc7 features (and its regression pairs with their pooled features), or None."""
+        record = windows.record
+        features = image_features(model, record, windows.boxes, "SVMs")
+        if features is None:
+            return None
+        pairs = None
+        if feed_regression:
+            rows, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
+            pairs = (rows, features.window_pooled(rows).numpy())
+        return ImageFeatures(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
+                             record.labels, record.difficult), pairs
+
     def one_pass() -> Iterator[ImageFeatures]:
         nonlocal passes_started
         feed_regression = passes_started == 0
         passes_started += 1
-        for windows in trimming(train):
-            record = windows.record
-            features = image_features(model, record, windows.boxes, "SVMs")
-            if features is None:
+        for windows, result in trimming(distributed.ordered_stream(train, lambda w: one_image(w, feed_regression))):
+            if result is None:
                 continue
-            if feed_regression:
-                pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
-                regression.add(features.window_pooled(pairs).numpy(), windows.boxes[pairs],
-                               record.boxes, record.labels)
-            yield ImageFeatures(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
-                             record.labels, record.difficult)
+            image, pairs = result
+            if pairs is not None:
+                rows, pooled = pairs
+                regression.add(pooled, windows.boxes[rows], windows.record.boxes, windows.record.labels)
+            yield image
 
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
-                     progress=progress, class_names=model.classes, on_retrain=on_retrain)
+                     progress=progress and distributed.is_main(), class_names=model.classes, on_retrain=on_retrain)
     return svm, regression, svm.training_stats or {}
 
 
@@ -154,7 +187,8 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     check_device(config.device)
     check_backbone_name(config.backbone)
     check_writable([out_dir, cache_root(dataset.root)])
-    with TrainingRecord(out_dir, config, dataset.classes) as history:
+    progress = progress and distributed.is_main()
+    with TrainingRecord(out_dir, config, dataset.classes, active=distributed.is_main()) as history:
         return _train_stages(dataset, config, Path(out_dir), progress, policy, history)
 
 
@@ -221,11 +255,15 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
             peak_rss["svms"] = peak_rss_mib()
             release_freed_memory()
             model.regressor = regression.fit()
-        save_checkpoint(classifiers_path, seal({"svm": model.svm.state_dict(),
-                                                "regressor": model.regressor.state_dict(),
-                                                "stats": svm_stats, "stage": record}))
+        if distributed.is_main():  # every rank holds the same SVMs and regressors; one writes them
+            save_checkpoint(classifiers_path, seal({"svm": model.svm.state_dict(),
+                                                    "regressor": model.regressor.state_dict(),
+                                                    "stats": svm_stats, "stage": record}))
     end_stage("svm_and_regression", stage)
     model_path = out_dir / "model.pt"
+    if not distributed.is_main():
+        distributed.barrier()  # returns once rank 0 has written model.pt and the summary
+        return model_path
     save_model(model_path, model, stages={"finetune": finetune_stats.get("record"), "classifiers": record})
     timings["total"] = time.perf_counter() - start
     summary = {"images": len(train), "skipped_images": skipped, "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
@@ -235,4 +273,5 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
     for name, seconds in timings.items():
         peak = f"   peak RSS so far {peak_rss[name]:7.0f} MiB" if name in peak_rss else ""
         log.info("%20s: %8.1f s%s", name, seconds, peak)
+    distributed.barrier()
     return model_path

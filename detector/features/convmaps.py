@@ -13,6 +13,12 @@ recomputed, never used.  Version 1 files (no digest) sit in another folder and a
 Two runs sharing the cache take a lock per item (``detector.core.locks``): the second waits for
 the first's map and reads it rather than computing it again.  An image whose map cannot be made (decode or trunk error) is logged naming the file and listed
 in ``precompute``'s ``failed_ids``, so training leaves it out.
+
+Several processes under ``torchrun`` (``detector.core.distributed``): ``precompute`` has each rank
+compute the maps of its shard of the images into the shared cache, waits for every rank, and
+returns the counts of all ranks (the same ``failed_ids`` on every rank, so every rank leaves out
+the same images).  The cache folder must be one all ranks see (a shared file system across
+machines).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detector.core import distributed
 from detector.core.images import image_digest, load_image
 from detector.core.io import save_atomic
 from detector.core.locks import item_lock
@@ -176,7 +183,8 @@ class ConvMapProvider:
                    desc: str = "conv maps") -> dict[str, float]:
         """Fill the cache for every record/scale/flip; returns counts and bytes per image.
 
-        An image that cannot be read is logged (naming the file) and skipped.
+        An image that cannot be read is logged (naming the file) and skipped.  Under ``torchrun``
+        each rank computes its shard and the counts are those of all ranks (module docstring).
         """
         if self.cache is None:
             raise ValueError("precompute needs a conv-map cache folder")
@@ -184,7 +192,9 @@ class ConvMapProvider:
         computed = 0
         failed_ids: list[str] = []
         total_bytes = 0
-        for record in trimming(tqdm(records, desc=desc, disable=not progress, unit="img")):
+        mine = distributed.shard(records)
+        bar = tqdm(mine, desc=desc, disable=not progress or not distributed.is_main(), unit="img")
+        for record in trimming(bar):
             try:
                 digest = image_digest(record.path)
                 missing = [(s, f) for f in flips for s in scales
@@ -208,6 +218,12 @@ class ConvMapProvider:
             total_bytes += sum(self.cache.path(record.image_id, s, f).stat().st_size
                                for f in flips for s in scales
                                if self.cache.path(record.image_id, s, f).exists())
+        if distributed.world_size() > 1:  # the all-gather also waits for every rank's shard
+            parts = distributed.all_gather_objects((computed, failed_ids, total_bytes))
+            computed = sum(part[0] for part in parts)
+            failed_set = {i for part in parts for i in part[1]}
+            failed_ids = [r.image_id for r in records if r.image_id in failed_set]  # the records' order
+            total_bytes = sum(part[2] for part in parts)
         done = max(len(records) - len(failed_ids), 1)
         return {"images": len(records), "computed": computed, "failed": len(failed_ids),
                 "failed_ids": failed_ids, "bytes_per_image": total_bytes / done}

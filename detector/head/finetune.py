@@ -21,6 +21,17 @@ refused naming the file (``policy="resume"``); ``policy="force"`` always starts 
 sealed (``detector.core.integrity``): a corrupt or truncated one is refused by name.  A loss or
 weight that is not finite stops fine-tuning with a ``ValueError`` naming the iteration; such a
 state is never checkpointed.
+
+Several processes (``torchrun``, ``detector.core.distributed``): the bank is pooled by all ranks
+together and held whole by each (``build_window_bank``); the head runs under
+``DistributedDataParallel``.  Every rank draws the same mini-batch of ``batch_size`` windows from
+the same rank-independent generator and trains on its slice ``rank::world`` (``batch_size`` must be
+a multiple of the number of ranks); DDP averages the slices' gradients, and with the mean loss on
+equal slices that is the gradient of the whole mini-batch, so the total batch and the schedule are
+those of one process.  Dropout masks come from each rank's own torch generator (seeded with the
+seed, the rank and the iteration the run starts at).  Rank 0 alone writes the checkpoint (the
+unwrapped head, so a checkpoint does not depend on the number of ranks and resumes on any
+number), and every rank waits for it.
 """
 from __future__ import annotations
 
@@ -38,6 +49,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from detector.config import Config, SamplingConfig, stage_settings, upgrade_legacy
+from detector.core import distributed
 from detector.core.boxes import flip_boxes
 from detector.core.images import image_digest
 from detector.core.integrity import load_checked, seal
@@ -71,11 +83,22 @@ def pool_training_windows(context: PoolingContext, windows: ImageWindows, indice
                           flip: bool, rng: np.random.Generator) -> torch.Tensor:
     """Pool the chosen windows of one image, each from a random scale (or, in R-CNN mode, each
     from its own warped trunk pass)."""
+    return pool_planned_windows(context, windows, indices, flip, draw_scales(context, len(indices), rng))
+
+
+def draw_scales(context: PoolingContext, count: int, rng: np.random.Generator) -> np.ndarray | None:
+    """The random scale index of each of ``count`` windows (SPP mode; None in R-CNN mode, which
+    draws nothing)."""
+    return None if context.rcnn is not None else rng.integers(len(context.scales), size=count)
+
+
+def pool_planned_windows(context: PoolingContext, windows: ImageWindows, indices: np.ndarray,
+                         flip: bool, scale_index: np.ndarray | None) -> torch.Tensor:
+    """Pool the chosen windows of one image from the scales already drawn (``draw_scales``)."""
     record = windows.record
     if context.rcnn is not None:
         boxes = windows.boxes[indices]
         return context.rcnn.pool_record(record, flip_boxes(boxes, record.width) if flip else boxes, flip)
-    scale_index = rng.integers(len(context.scales), size=len(indices))
     used = sorted(set(scale_index.tolist()))
     loaded = context.provider.get_scales(record, [context.scales[k] for k in used], flip)
     maps = [None] * len(context.scales)
@@ -110,6 +133,17 @@ class WindowBank:
         return self.features[rows_t].float(), self.labels[rows_t]
 
 
+@dataclass
+class PlannedPooling:
+    """One image (and flip) of the bank: which windows, their labels and drawn scales."""
+
+    windows: ImageWindows
+    flip: bool
+    indices: np.ndarray
+    labels: np.ndarray
+    scale_index: np.ndarray | None
+
+
 def build_window_bank(context: PoolingContext, train: Sequence[ImageWindows],
                       sampling: SamplingConfig, flips: Sequence[bool], rng: np.random.Generator,
                       progress: bool = True) -> WindowBank:
@@ -119,31 +153,51 @@ def build_window_bank(context: PoolingContext, train: Sequence[ImageWindows],
     sample per image (and per flip) once, then drawing mini-batches of 128 across all
     images from it, is what the released code did with its cached pool5 features, and it
     keeps the per-iteration cost to the fc layers alone.
+
+    Every random draw (windows, then scales, image by image) is made first, in the order of a
+    single process, so the bank does not depend on how many processes pool it: under ``torchrun``
+    the pooling is split across ranks (``distributed.ordered_stream``) and every rank receives
+    the whole bank (each rank holds a copy: its memory is the bank's size on every rank).
     """
-    capacity = len(train) * len(flips) * sampling.windows_per_image  # sample_windows' upper bound
-    features: torch.Tensor | None = None  # filled in place: a list joined by torch.cat would
-    labels = torch.empty(capacity, dtype=torch.int64)  # hold every row twice at its peak
-    filled = 0
-    for windows in tqdm(train, desc="pooling training windows", disable=not progress, unit="img"):
+    plan = []
+    for windows in train:
         for flip in flips:
             indices, window_labels = sample_windows(windows, sampling, rng)
             if len(indices):
-                try:
-                    pooled = pool_training_windows(context, windows, indices, flip, rng)
-                except OSError:
-                    raise  # an unwritable cache stops the run; the message names the path
-                except Exception as error:  # this image only (decode, trunk or pooling failure)
-                    log.error("fine-tuning: skipping image %s (%s): %s", windows.record.image_id,
-                              windows.record.path, error)
-                    continue
-                if features is None:
-                    features = torch.empty((capacity, pooled.shape[1]), dtype=torch.float16)
-                features[filled:filled + len(indices)] = pooled
-                labels[filled:filled + len(indices)] = torch.from_numpy(window_labels)
-                filled += len(indices)
+                plan.append(PlannedPooling(windows, flip, indices, window_labels,
+                                           draw_scales(context, len(indices), rng)))
+    capacity = sum(len(item.indices) for item in plan)
+    features: torch.Tensor | None = None  # filled in place: a list joined by torch.cat would
+    labels = torch.empty(capacity, dtype=torch.int64)  # hold every row twice at its peak
+    filled = 0
+    bar = tqdm(total=len(plan), desc="pooling training windows", disable=not progress or not distributed.is_main(),
+               unit="img")
+    for item, pooled in distributed.ordered_stream(plan, lambda item: _pool_or_skip(context, item)):
+        bar.update(1)
+        if pooled is None:
+            continue
+        if features is None:
+            features = torch.empty((capacity, pooled.shape[1]), dtype=torch.float16)
+        features[filled:filled + len(item.indices)] = pooled
+        labels[filled:filled + len(item.indices)] = torch.from_numpy(item.labels)
+        filled += len(item.indices)
+    bar.close()
     if features is None:
         raise ValueError("no training window could be sampled (no image has proposals)")
     return WindowBank(features[:filled], labels[:filled])
+
+
+def _pool_or_skip(context: PoolingContext, item: PlannedPooling) -> torch.Tensor | None:
+    """The planned windows pooled (float16, as the bank keeps them), or None when this image fails
+    (logged); an ``OSError`` (an unwritable cache) stops the run, its message naming the path."""
+    try:
+        return pool_planned_windows(context, item.windows, item.indices, item.flip, item.scale_index).half()
+    except OSError:
+        raise
+    except Exception as error:  # this image only (decode, trunk or pooling failure)
+        log.error("fine-tuning: skipping image %s (%s): %s", item.windows.record.image_id,
+                  item.windows.record.path, error)
+        return None
 
 
 def check_compatible(state: dict, classes: Sequence[str], backbone: str, mode: str = "spp") -> None:
@@ -197,6 +251,18 @@ def _finite(head: SPPHead) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in head.parameters())
 
 
+def _sum_over_ranks(loss: torch.Tensor, hits: torch.Tensor, labels: torch.Tensor
+                    ) -> tuple[float, tuple[int, int, int, int]]:
+    """The whole mini-batch's loss (the mean of the ranks' equal slices) and its counts of right
+    windows, windows, right foreground and foreground, the same on every rank (so every rank takes
+    the same decision on a loss that is not finite)."""
+    stats = torch.stack([loss.detach().double(), hits.sum().double(), torch.tensor(float(len(labels)), device=hits.device),
+                         hits[labels > 0].sum().double(), (labels > 0).sum().double()])
+    torch.distributed.all_reduce(stats)
+    values = stats.cpu().tolist()
+    return values[0] / distributed.world_size(), (int(values[1]), int(values[2]), int(values[3]), int(values[4]))
+
+
 def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindows],
              classes: Sequence[str], config: Config, checkpoint_path: Path,
              progress: bool = True, policy: str = "auto",
@@ -206,6 +272,10 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     ``on_progress`` gets ``{"iteration", "loss", "fg_accuracy", "accuracy", "lr"}`` every
     ``finetune.history_every`` iterations (means over those iterations)."""
     device = torch.device(config.device)
+    world = distributed.world_size()
+    if config.finetune.batch_size % world:
+        raise ValueError(f"finetune.batch_size={config.finetune.batch_size} does not split evenly over {world} "
+                         f"processes; use a batch size that is a multiple of {world}")
     head.to(device)
     params = [p for name, p in head.named_parameters() if name.startswith(("fc6", "fc7", "fc8"))]
     # fused: one kernel per step instead of a chain of foreach ops, the same update; on this
@@ -245,6 +315,12 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     elif context.normalise:
         head.set_normalisation(bank.features[:20000])
     head.train()
+    net: torch.nn.Module = head
+    if world > 1:
+        torch.manual_seed(hash((config.seed, distributed.rank(), start)) % 2**63)  # dropout: a mask per rank
+        net = torch.nn.parallel.DistributedDataParallel(
+            head, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda" else None)
 
     def checkpoint(iteration: int) -> str:
         """Save a sealed checkpoint (never of a non-finite head); returns its checksum."""
@@ -259,19 +335,29 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
             "classes": list(classes), "backbone": config.backbone,
             "levels": tuple(context.spp.levels), "scales": tuple(context.scales),
             "config": config.to_dict(), "stage": record})
-        save_checkpoint(checkpoint_path, sealed)
-        return sealed["checksum"]
+        if distributed.is_main():
+            save_checkpoint(checkpoint_path, sealed)
+        # rank 0's checksum (its torch RNG state differs from the others'), once its file is complete
+        return distributed.broadcast_from_main(sealed["checksum"])
 
     losses: list[float] = []
     correct = seen = fg_correct = fg_seen = 0
-    bar = tqdm(range(start, config.finetune.iterations), desc="fine-tuning", disable=not progress,
+    bar = tqdm(range(start, config.finetune.iterations), desc="fine-tuning",
+               disable=not progress or not distributed.is_main(),
                initial=start, total=config.finetune.iterations, unit="it")
+    me = distributed.rank()
     for iteration in bar:
-        x, y = bank.draw(config.finetune.batch_size, config.sampling.fg_fraction, rng)
+        x, y = bank.draw(config.finetune.batch_size, config.sampling.fg_fraction, rng)  # the same on every rank
+        if world > 1:
+            x, y = x[me::world], y[me::world]
         x, y = x.to(device), y.to(device)
-        logits = head(x)
+        logits = net(x)
         loss = F.cross_entropy(logits, y)
-        loss_value = loss.item()
+        hits = logits.argmax(1) == y
+        if world == 1:
+            loss_value, counts = loss.item(), (int(hits.sum()), len(y), int(hits[y > 0].sum()), int((y > 0).sum()))
+        else:
+            loss_value, counts = _sum_over_ranks(loss, hits, y)
         if not math.isfinite(loss_value):
             raise ValueError(f"fine-tuning diverged at iteration {iteration + 1}: loss is {loss_value}; "
                              f"lower finetune.lr (now {config.finetune.lr}); {checkpoint_path} keeps its "
@@ -281,11 +367,10 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         optimizer.step()
         schedule.step()
         losses.append(loss_value)
-        hits = logits.argmax(1) == y
-        correct += int(hits.sum())
-        seen += len(y)
-        fg_correct += int(hits[y > 0].sum())
-        fg_seen += int((y > 0).sum())
+        correct += counts[0]
+        seen += counts[1]
+        fg_correct += counts[2]
+        fg_seen += counts[3]
         if (iteration + 1) % config.finetune.history_every == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-config.finetune.history_every:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
                             lr=f"{schedule.get_last_lr()[0]:.0e}")
