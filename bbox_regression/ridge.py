@@ -268,14 +268,15 @@ class BoxRegressorTrainer:
         return self.class_names[label] if self.class_names is not None and 0 <= label < len(self.class_names) \
             else str(label)
 
-    def fit(self) -> BoxRegressor:
+    def fit(self, progress: bool = True) -> BoxRegressor:
         """One ridge regressor per class with at least ``min_pairs`` pairs."""
         if not self._reservoirs:
             raise ValueError("no training pairs were added: nothing to fit a box regressor on")
         feature_scale = self.config.feature_norm / self._mean_feature_norm()
         parts: dict[str, list] = {name: [] for name in ("classes", "weights", "intercepts", "target_mean",
                                                         "target_std", "num_pairs")}
-        for cls, reservoir in tqdm(sorted(self._reservoirs.items()), desc="box regressors", leave=False):
+        for cls, reservoir in tqdm(sorted(self._reservoirs.items()), desc="box regressors", leave=False,
+                                    disable=not progress):
             if reservoir.size < self.config.min_pairs:
                 logger.warning(
                     "class %s: %d training pairs < min_pairs=%d, no box regressor; its boxes pass through unchanged",

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, OSError) as error:  # bad dataset, unwritable or full disk: the message names the path
             raise SystemExit(f"compute_proposals.py: {error_line(error)}") from error
         report = merged_report(distributed.all_gather_objects(report))
-    if not distributed.is_main():
+        main_rank = distributed.is_main()
+    if not main_rank:
         sys.exit(1 if report.failed else 0)
     print(f"cache: {cache.folder}")
     print(f"images: {report.computed} computed, {report.skipped} already cached, {len(report.failed)} failed"

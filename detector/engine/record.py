@@ -16,6 +16,7 @@ Decisions: ``history.jsonl`` is appended line by line and flushed (a killed run 
 line being written; ``read_history`` skips a torn last line), not rewritten atomically: it is a
 log.  ``config.json`` and the PNG go through ``detector.core.io``.  While the run lasts the root
 logger's level is lowered to INFO if it was higher, so a library caller's run is recorded too.
+Under ``torchrun`` only rank 0 keeps the record (``active``): ``train.log`` holds rank 0's messages.
 """
 from __future__ import annotations
 

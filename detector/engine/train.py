@@ -254,7 +254,7 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
             model.svm, regression, svm_stats = train_classifiers(model, train, progress, history.svm_retrain)
             peak_rss["svms"] = peak_rss_mib()
             release_freed_memory()
-            model.regressor = regression.fit()
+            model.regressor = regression.fit(progress)
         if distributed.is_main():  # every rank holds the same SVMs and regressors; one writes them
             save_checkpoint(classifiers_path, seal({"svm": model.svm.state_dict(),
                                                     "regressor": model.regressor.state_dict(),
