@@ -29,6 +29,12 @@ float64 copy.  Bound: ``K * max_cache_per_class * D * 2`` bytes plus the positiv
 20 x 20000 x 4096 x 2 B = 3.3 GB for ZF-5's fc7, plus one class's float64 training copy
 (~0.7 GB) during a retrain.  Each cache row also keeps a key (image, window row) and its
 score under the current model, so eviction and overflow need no extra feature products.
+
+Several processes (``torchrun``): mining is deterministic given the stream of ``images()`` (the
+order of images, their features, ``svm.seed`` for liblinear), so the pipeline splits only the
+production of the stream across ranks and hands every rank the whole stream in one order
+(``detector.core.distributed.ordered_stream``, used by ``detector.engine.train.train_classifiers``);
+every rank then holds the same caches and models, and no cache is ever exchanged.
 """
 from __future__ import annotations
 

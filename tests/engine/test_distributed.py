@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from conftest import TINY as BASE_TINY
-from spawn_ranks import run_ranks
+from spawn_ranks import RanksFailed, run_ranks
 
 import detector.head.finetune as finetune_module
 from detector.config import make_config
@@ -93,7 +92,7 @@ def test_ddp_finetuning_equals_one_process_and_resumes_on_one(tiny_demo, tmp_pat
     two_state = read_finetune_checkpoint(tmp_path / "two.pt")
     assert two_state["iteration"] == 6 and two_state["stage"] == read_finetune_checkpoint(tmp_path / "one.pt")["stage"]
 
-    with pytest.raises(mp.ProcessRaisedException, match="killed after the first checkpoint"):
+    with pytest.raises(RanksFailed, match="killed after the first checkpoint"):
         run_ranks(_finetune_on_ranks, 2, str(tiny_demo), str(tmp_path / "killed.pt"), str(tmp_path), True)
     assert read_finetune_checkpoint(tmp_path / "killed.pt")["iteration"] == 3
     resumed = _finetune_head(str(tiny_demo), str(tmp_path / "killed.pt"), DDP_TINY).state_dict()

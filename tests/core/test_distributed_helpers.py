@@ -1,10 +1,11 @@
 """detector.core.distributed: sharding, the ordered stream, gathering, and a failing rank."""
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
-import torch.multiprocessing as mp
-from spawn_ranks import run_ranks
+from spawn_ranks import RanksFailed, run_ranks
 
 from detector.core import distributed
 
@@ -65,7 +66,23 @@ def _fail_on_rank_one() -> None:
         pass
 
 
+def _killed_on_rank_one() -> None:
+    def compute(item):
+        if distributed.rank() == 1 and item == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return item
+
+    for _ in distributed.ordered_stream(list(range(6)), compute):
+        pass
+
+
 def test_a_failing_rank_stops_the_run_naming_the_rank_and_cause():
-    with pytest.raises(mp.ProcessRaisedException) as raised:
+    with pytest.raises(RanksFailed) as raised:
         run_ranks(_fail_on_rank_one, 2)
-    assert "Process 1 terminated" in str(raised.value) and "image 3 is broken on purpose" in str(raised.value)
+    assert str(raised.value) == "rank 1 failed: RuntimeError: image 3 is broken on purpose"
+
+
+def test_a_killed_rank_stops_the_run_naming_it():
+    """Rank 0, waiting for the killed rank's share in a collective, is stopped with it."""
+    with pytest.raises(RanksFailed, match=r"rank 1 was killed \(SIGKILL\)"):
+        run_ranks(_killed_on_rank_one, 2)
