@@ -32,6 +32,50 @@ def _result_files(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(folder.glob("comp4_det_*.txt"))}
 
 
+def _cache_images_on_ranks(root: str, out: str) -> None:
+    """Proposals and conv maps of the train split, recording which images this rank computed."""
+    import detector.features.convmaps as convmaps_module
+    import proposals.cache as proposal_cache_module
+
+    searched, mapped = [], []
+    search, compute_map = proposal_cache_module.selective_search, convmaps_module.compute_conv_map
+
+    def counted_search(image, **kwargs):
+        searched.append(image.shape)
+        return search(image, **kwargs)
+
+    def counted_map(backbone, image, scale, flip, *args):
+        mapped.append((scale, flip))
+        return compute_map(backbone, image, scale, flip, *args)
+
+    proposal_cache_module.selective_search, convmaps_module.compute_conv_map = counted_search, counted_map
+    config = make_config("cpu", DDP_TINY)
+    dataset = load_voc(root, "train")
+    windows = training_windows(dataset, config, False)
+    backbone = build_backbone(config.backbone)
+    provider = ConvMapProvider(backbone, ConvMapCache(conv_map_folder(cache_root(root), backbone, config)),
+                               config.max_side)
+    stats = provider.precompute([w.record for w in windows], config.scales, (False, True), progress=False)
+    Path(out, f"rank{distributed.rank()}.json").write_text(json.dumps(
+        {"searched": len(searched), "mapped": len(mapped), "windows": [w.record.image_id for w in windows],
+         "computed": stats["computed"]}))
+
+
+def test_two_ranks_share_the_proposals_and_maps_of_every_image_once(tmp_path, monkeypatch):
+    """A fresh cache: each image is searched and mapped by one rank, and both ranks see them all."""
+    from detector.data.demo import make_demo_dataset
+
+    monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
+    root = make_demo_dataset(tmp_path / "demo", n_train=5, n_test=1, seed=4)
+    run_ranks(_cache_images_on_ranks, 2, str(root), str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ids = [r.image_id for r in load_voc(root, "train").records]
+    assert [r["searched"] for r in ranks] == [3, 2]  # images 0, 2, 4 and 1, 3
+    assert [r["mapped"] for r in ranks] == [3 * 2, 2 * 2]  # one scale, both flips
+    assert ranks[0]["windows"] == ranks[1]["windows"] == ids
+    assert ranks[0]["computed"] == ranks[1]["computed"] == 5
+
+
 def _test_on_ranks(root: str, run: str, out: str) -> None:
     model = load_model(Path(run) / "model.pt", "cpu", cache_root(root))
     metrics = test_detector(model, load_voc(root, "test", model.classes), Path(out), progress=False)
