@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                                     progress=not args.quiet, show_dir=args.show_dir, show=args.show)
             if distributed.is_main():
                 print(format_ap_table(metrics))
-                print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
+                print("seconds per image: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
     except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
         raise SystemExit(f"test_det.py: {error_line(error)}") from error
 

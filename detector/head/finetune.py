@@ -28,10 +28,11 @@ together and held whole by each (``build_window_bank``); the head runs under
 the same rank-independent generator and trains on its slice ``rank::world`` (``batch_size`` must be
 a multiple of the number of ranks); DDP averages the slices' gradients, and with the mean loss on
 equal slices that is the gradient of the whole mini-batch, so the total batch and the schedule are
-those of one process.  Dropout masks come from each rank's own torch generator (seeded with the
-seed, the rank and the iteration the run starts at).  Rank 0 alone writes the checkpoint (the
-unwrapped head, so a checkpoint does not depend on the number of ranks and resumes on any
-number), and every rank waits for it.
+those of one process.  Dropout too: every rank draws the whole mini-batch's masks from the same
+torch generator state, as one process does, and applies its rows (``SlicedDropout``), so N ranks
+compute what one process computes, up to the float rounding of the gradient sum, and every rank's
+generator stays in step.  Rank 0 alone writes the checkpoint (the unwrapped head, so a checkpoint
+does not depend on the number of ranks and resumes on any number), and every rank waits for it.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -251,12 +254,46 @@ def _finite(head: SPPHead) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in head.parameters())
 
 
+class SlicedDropout(torch.nn.Module):
+    """Dropout of rank ``rank``'s rows ``rank::world`` of a mini-batch: the masks of the whole batch
+    are drawn (the generator moves as in one process) and this rank's rows applied, with the
+    arithmetic of ``torch.nn.functional.dropout`` on CPU (mask, divided by 1 - p, times the input)."""
+
+    def __init__(self, p: float, rank: int, world: int) -> None:
+        super().__init__()
+        self.p, self.rank, self.world = p, rank, world
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        noise = torch.empty((x.shape[0] * self.world, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        noise.bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * noise[self.rank::self.world]
+
+
+@contextmanager
+def sliced_dropout(head: SPPHead) -> Iterator[None]:
+    """Within the block, on N > 1 ranks, the head's dropout is ``SlicedDropout`` (nothing changes on
+    one process); the head gets its own dropout back afterwards."""
+    world = distributed.world_size()
+    if world == 1:
+        yield
+        return
+    own = head.dropout
+    head.dropout = SlicedDropout(own.p, distributed.rank(), world)
+    try:
+        yield
+    finally:
+        head.dropout = own
+
+
 def _sum_over_ranks(loss: torch.Tensor, hits: torch.Tensor, labels: torch.Tensor
                     ) -> tuple[float, tuple[int, int, int, int]]:
     """The whole mini-batch's loss (the mean of the ranks' equal slices) and its counts of right
     windows, windows, right foreground and foreground, the same on every rank (so every rank takes
     the same decision on a loss that is not finite)."""
-    stats = torch.stack([loss.detach().double(), hits.sum().double(), torch.tensor(float(len(labels)), device=hits.device),
+    size = torch.tensor(float(len(labels)), device=hits.device)
+    stats = torch.stack([loss.detach().double(), hits.sum().double(), size.double(),
                          hits[labels > 0].sum().double(), (labels > 0).sum().double()])
     torch.distributed.all_reduce(stats)
     values = stats.cpu().tolist()
@@ -317,7 +354,6 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     head.train()
     net: torch.nn.Module = head
     if world > 1:
-        torch.manual_seed(hash((config.seed, distributed.rank(), start)) % 2**63)  # dropout: a mask per rank
         net = torch.nn.parallel.DistributedDataParallel(
             head, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
             if device.type == "cuda" else None)
@@ -346,41 +382,44 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
                disable=not progress or not distributed.is_main(),
                initial=start, total=config.finetune.iterations, unit="it")
     me = distributed.rank()
-    for iteration in bar:
-        x, y = bank.draw(config.finetune.batch_size, config.sampling.fg_fraction, rng)  # the same on every rank
-        if world > 1:
-            x, y = x[me::world], y[me::world]
-        x, y = x.to(device), y.to(device)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        hits = logits.argmax(1) == y
-        if world == 1:
-            loss_value, counts = loss.item(), (int(hits.sum()), len(y), int(hits[y > 0].sum()), int((y > 0).sum()))
-        else:
-            loss_value, counts = _sum_over_ranks(loss, hits, y)
-        if not math.isfinite(loss_value):
-            raise ValueError(f"fine-tuning diverged at iteration {iteration + 1}: loss is {loss_value}; "
-                             f"lower finetune.lr (now {config.finetune.lr}); {checkpoint_path} keeps its "
-                             "last finite state and is not complete")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss_value)
-        correct += counts[0]
-        seen += counts[1]
-        fg_correct += counts[2]
-        fg_seen += counts[3]
-        if (iteration + 1) % config.finetune.history_every == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-config.finetune.history_every:]):.3f}", acc=f"{correct / max(seen, 1):.3f}",
-                            lr=f"{schedule.get_last_lr()[0]:.0e}")
-            if on_progress is not None:
-                on_progress({"iteration": iteration + 1, "loss": float(np.mean(losses[-config.finetune.history_every:])),
-                             "fg_accuracy": fg_correct / max(fg_seen, 1), "accuracy": correct / max(seen, 1),
-                             "lr": float(schedule.get_last_lr()[0])})
-            correct = seen = fg_correct = fg_seen = 0
-        if (iteration + 1) % config.finetune.checkpoint_every == 0:
-            checkpoint(iteration + 1)
+    with sliced_dropout(head):  # N ranks: the dropout masks of one process (module docstring)
+        for iteration in bar:
+            x, y = bank.draw(config.finetune.batch_size, config.sampling.fg_fraction, rng)  # the same on every rank
+            if world > 1:
+                x, y = x[me::world], y[me::world]
+            x, y = x.to(device), y.to(device)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            hits = logits.argmax(1) == y
+            if world == 1:
+                loss_value, counts = loss.item(), (int(hits.sum()), len(y), int(hits[y > 0].sum()), int((y > 0).sum()))
+            else:
+                loss_value, counts = _sum_over_ranks(loss, hits, y)
+            if not math.isfinite(loss_value):
+                raise ValueError(f"fine-tuning diverged at iteration {iteration + 1}: loss is {loss_value}; "
+                                 f"lower finetune.lr (now {config.finetune.lr}); {checkpoint_path} keeps its "
+                                 "last finite state and is not complete")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss_value)
+            correct += counts[0]
+            seen += counts[1]
+            fg_correct += counts[2]
+            fg_seen += counts[3]
+            if (iteration + 1) % config.finetune.history_every == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-config.finetune.history_every:]):.3f}",
+                                acc=f"{correct / max(seen, 1):.3f}",
+                                lr=f"{schedule.get_last_lr()[0]:.0e}")
+                if on_progress is not None:
+                    on_progress({"iteration": iteration + 1,
+                                 "loss": float(np.mean(losses[-config.finetune.history_every:])),
+                                 "fg_accuracy": fg_correct / max(fg_seen, 1), "accuracy": correct / max(seen, 1),
+                                 "lr": float(schedule.get_last_lr()[0])})
+                correct = seen = fg_correct = fg_seen = 0
+            if (iteration + 1) % config.finetune.checkpoint_every == 0:
+                checkpoint(iteration + 1)
     checksum = checkpoint(config.finetune.iterations)
     head.eval()
     return {"checksum": checksum, "record": record, "iterations": config.finetune.iterations - start, "seconds": time.perf_counter() - started,

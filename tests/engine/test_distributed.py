@@ -20,11 +20,11 @@ from detector.features.backbones import build_backbone
 from detector.features.convmaps import ConvMapCache, ConvMapProvider
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
-from detector.head.finetune import PoolingContext, finetune, read_finetune_checkpoint
+from detector.head.finetune import PoolingContext, SlicedDropout, finetune, read_finetune_checkpoint
 from detector.model.detector import conv_map_folder, load_model
 
-# dropout off, so that one process and two ranks train on the same arithmetic
-DDP_TINY = {**BASE_TINY, "dropout": 0.0, "finetune.iterations": 6, "finetune.lr_steps": (4,),
+# dropout on (0.5): the ranks apply the masks one process draws (detector.head.finetune.SlicedDropout)
+DDP_TINY = {**BASE_TINY, "dropout": 0.5, "finetune.iterations": 6, "finetune.lr_steps": (4,),
             "finetune.checkpoint_every": 3, "finetune.batch_size": 16}
 
 
@@ -90,7 +90,8 @@ def test_two_ranks_detect_exactly_as_one(tiny_trained, tmp_path, monkeypatch):
     run_ranks(_test_on_ranks, 2, str(root), str(run), str(tmp_path / "two"))
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert _result_files(tmp_path / "one") and _result_files(tmp_path / "two") == _result_files(tmp_path / "one")
-    assert (tmp_path / "two" / "detections_coco.json").read_text() == (tmp_path / "one" / "detections_coco.json").read_text()
+    coco = [(tmp_path / name / "detections_coco.json").read_text() for name in ("one", "two")]
+    assert coco[0] == coco[1]
     assert two["mAP"] == one["mAP"] and two["ap"] == one["ap"] and two["skipped_images"] == 0
     assert json.loads((tmp_path / "two" / "returned1.json").read_text()) == one["mAP"]  # every rank gets rank 0's
 
@@ -143,6 +144,17 @@ def test_ddp_finetuning_equals_one_process_and_resumes_on_one(tiny_demo, tmp_pat
     assert read_finetune_checkpoint(tmp_path / "killed.pt")["iteration"] == 6
     for name, value in one.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_sliced_dropout_applies_the_masks_of_one_process():
+    x = torch.randn(16, 64)
+    torch.manual_seed(3)
+    one = torch.nn.functional.dropout(x, 0.5, training=True)
+    two = torch.empty_like(one)
+    for rank in range(2):
+        torch.manual_seed(3)
+        two[rank::2] = SlicedDropout(0.5, rank, 2).train()(x[rank::2])
+    assert torch.equal(one, two)
 
 
 def test_batch_that_does_not_split_over_the_ranks_is_refused(tiny_demo, tmp_path, monkeypatch):
