@@ -15,9 +15,9 @@ How the work is split (each helper keeps every rank's view of the data identical
   ranks, so a cache half full from an earlier run still splits evenly).  Per-image stages that
   write a shared cache (proposals, conv maps) compute their shard, then ``barrier()``, then every
   rank reads the whole cache.
-- ``ordered_stream(items, compute)``: rounds of ``world`` items, rank ``r`` computing item
-  ``round * world + r``; the round's results are all-gathered and yielded, in the original order,
-  on every rank.  A stage that must see every item in order on every rank (SVM hard negative
+- ``ordered_stream(items, compute)``: rounds of ``world`` items (times ``per_round``), rank ``r``
+  computing item ``round * world + r`` (and every ``world``-th after it in the round); the round's
+  results are all-gathered and yielded, in the original order, on every rank.  A stage that must see every item in order on every rank (SVM hard negative
   mining, the fine-tuning window bank) consumes this stream and stays identical on all ranks.
 - ``gather_to_main(obj)``: every rank's object, in rank order, on rank 0 (None elsewhere).
 
@@ -142,23 +142,26 @@ def broadcast_from_main(obj: Any) -> Any:
     return box[0]
 
 
-def ordered_stream(items: Sequence[T], compute: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+def ordered_stream(items: Sequence[T], compute: Callable[[T], R], per_round: int = 1) -> Iterator[tuple[T, R]]:
     """``(item, compute(item))`` for every item, in order, on every rank, each item computed by one
-    rank only (module docstring).  Every rank must call it with the same ``items``.  ``compute``
-    reports an item that fails by returning None (as the per-image stages do); an exception stops
-    this rank (and so the run).  One process: computed lazily, item by item, as a plain loop."""
+    rank only (module docstring).  A round holds ``per_round`` items per rank (rank ``r`` computes
+    the round's items ``r, r + world, ...``): more items per round even out the ranks' waits on one
+    slow item, at the memory of ``world * per_round`` results.  Every rank must call it with the
+    same ``items``.  ``compute`` reports an item that fails by returning None (as the per-image
+    stages do); an exception stops this rank (and so the run).  One process: computed lazily, item
+    by item, as a plain loop."""
     world = world_size()
     if world == 1:
         for item in items:
             yield item, compute(item)
         return
-    me = rank()
-    for start in range(0, len(items), world):
-        index = start + me
-        result = compute(items[index]) if index < len(items) else None
-        for offset, value in enumerate(all_gather_objects(result)):
-            if start + offset < len(items):
-                yield items[start + offset], value
+    me, size = rank(), world * max(1, per_round)
+    for start in range(0, len(items), size):
+        mine = [compute(items[i]) for i in range(start + me, min(start + size, len(items)), world)]
+        parts = all_gather_objects(mine)
+        for index in range(start, min(start + size, len(items))):
+            offset = index - start
+            yield items[index], parts[offset % world][offset // world]
 
 
 def merge_counts(values: Iterable[dict[str, float]]) -> dict[str, float]:

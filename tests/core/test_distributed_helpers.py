@@ -40,6 +40,8 @@ def _stream_on_ranks(out: str) -> None:
         return None if item == 4 else {"item": item, "square": item * item}  # item 4 "fails"
 
     streamed = [[item, value] for item, value in distributed.ordered_stream(list(range(7)), compute)]
+    in_threes = [[item, value] for item, value in distributed.ordered_stream(list(range(7)), compute, per_round=3)]
+    assert in_threes == streamed  # rounds of 3 items per rank: the same stream
     gathered = distributed.gather_to_main(me * 100)
     metrics = distributed.broadcast_from_main({"from": me})
     Path(out, f"rank{me}.json").write_text(json.dumps({"computed": computed, "streamed": streamed,
@@ -51,7 +53,7 @@ def test_two_ranks_stream_every_item_in_order_computed_once(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     expected = [[i, None if i == 4 else {"item": i, "square": i * i}] for i in range(7)]
     assert ranks[0]["streamed"] == expected and ranks[1]["streamed"] == expected
-    assert ranks[0]["computed"] == [0, 2, 4, 6] and ranks[1]["computed"] == [1, 3, 5]
+    assert ranks[0]["computed"] == [0, 2, 4, 6] * 2 and ranks[1]["computed"] == [1, 3, 5] * 2
     assert ranks[0]["gathered"] == [0, 100] and ranks[1]["gathered"] is None
     assert ranks[0]["broadcast"] == ranks[1]["broadcast"] == {"from": 0}
 
