@@ -340,3 +340,14 @@ def test_dilated_trunk_keeps_the_pretrained_features_at_twice_the_resolution(tru
                                coarse[:, :, 2:6, 2:8], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="feature_stride=16"):
         build_backbone("efficientnet_lite0", feature_stride=32, dilated=True)
+
+
+def test_conv_map_cache_tells_a_dilated_trunk_from_the_plain_one(trunks):
+    # same weights, other strides and dilations: their maps must never share a cache folder
+    from detector.features.convmaps import backbone_fingerprint
+
+    plain = trunks["efficientnet_lite0{'feature_stride': 32}"]
+    dilated = trunks["efficientnet_lite0{'feature_stride': 16, 'dilated': True}"]
+    assert plain.trunk.state_dict().keys() == dilated.trunk.state_dict().keys()
+    assert backbone_fingerprint(plain) != backbone_fingerprint(dilated)
+    assert backbone_fingerprint(plain) == backbone_fingerprint(build_backbone("efficientnet_lite0"))
