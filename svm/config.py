@@ -10,7 +10,11 @@ CACHE_DTYPES = ("float16", "float32")
 class SVMConfig:
     """Hyper-parameters of SVM training (defaults: the paper / released code)."""
 
-    C: float = 1e-3
+    C: float = 1e-3  # the paper's liblinear -c; with C_candidates, the C of mining only
+    # candidate Cs for the final SVMs, one chosen by held-out AP on the mined training set
+    # (svm.selection, cross-validation over training images); empty: the final SVMs keep C
+    C_candidates: tuple[float, ...] = ()
+    cv_folds: int = 3  # image groups of that cross-validation
     pos_weight: float = 2.0
     intercept_scaling: float = 10.0
     hard_threshold: float = -1.0
@@ -43,6 +47,11 @@ class SVMConfig:
             raise ValueError(
                 f"SVMConfig: passes, retrain_every and max_cache_per_class must be >= 1, got "
                 f"{self.passes}, {self.retrain_every}, {self.max_cache_per_class}"
+            )
+        if any(not c > 0 for c in self.C_candidates) or self.cv_folds < 2:
+            raise ValueError(
+                f"SVMConfig: C_candidates must be positive and cv_folds >= 2, got "
+                f"{self.C_candidates} and {self.cv_folds}"
             )
         if self.cache_dtype not in CACHE_DTYPES:
             raise ValueError(
