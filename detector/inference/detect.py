@@ -5,7 +5,7 @@ instead (``detector.features.rcnn``): the trunk time counts as ``conv``, the pyr
 warped windows' maps as ``pooling``; the later stages are the same.
 
 Every proposal is scored by every class (SVM margins on fc7, or the fc8 softmax), each class's
-windows are moved by that class's box regressor and clipped to the image, then NMS at IoU 0.3
+windows are moved by that class's box regressor (unless ``test.bbox_regression`` is off) and clipped to the image, then NMS at IoU 0.3
 per class (``torchvision.ops.batched_nms``) and at most ``max_per_image`` detections per image
 by score.  Windows scoring below ``score_threshold`` are dropped before regression and NMS: they
 could never reach the top 100 and would cost time.  Seconds per stage are accumulated in a
@@ -94,7 +94,7 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
         rows, classes = np.nonzero(scores > threshold)
         kept_scores = scores[rows, classes]
     with timer.stage("regression"):
-        if model.regressor is not None and len(rows):
+        if model.regressor is not None and model.config.test.bbox_regression and len(rows):
             kept_boxes = model.regressor.apply(features.pooled.numpy(), boxes[rows], classes,
                                                record.width, record.height,
                                                feature_rows=features.rows[rows])

@@ -117,3 +117,16 @@ def test_predict_command_takes_proposals_by_file_name_and_refuses_bad_ones(tiny_
         predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(tmp_path / "shot.jpg"), "--out",
                       str(tmp_path / "out2"), "--proposals", str(tmp_path / "bad.json")])
     assert f"{tmp_path / 'bad.json'}, image id 'shot'" in capsys.readouterr().err
+
+
+def test_box_regression_can_be_switched_off_at_test(tiny_trained):
+    path = tiny_trained[1] / "model.pt"
+    record = load_voc(tiny_trained[0], "train").records[2]
+    on = load_model(path, "cpu")
+    off = load_model(path, "cpu", overrides={"test.bbox_regression": False})
+    assert on.regressor is not None and not off.config.test.bbox_regression
+    proposals = Detector.load(path).proposals(load_image(record.path))
+    moved, kept = detect(on, record, proposals, StageTimer()), detect(off, record, proposals, StageTimer())
+    # without regression every detection is one of the proposals, unmoved; with it, some move
+    assert iou_matrix(kept.boxes, proposals).max(axis=1).min() == pytest.approx(1.0)
+    assert iou_matrix(moved.boxes, proposals).max(axis=1).min() < 1.0 - 1e-6
