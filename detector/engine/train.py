@@ -85,13 +85,14 @@ def image_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
 
 def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: np.random.Generator,
                       num_images: int = 20, per_image: int = 100) -> float:
-    """Scale that gives fc7 features a mean L2 norm of 20, from a sample of training windows."""
+    """Scale that gives the SVMs' features (fc7 or pool5) a mean L2 norm of 20, from a sample of
+    training windows."""
     sample = []
     for i in rng.choice(len(train), min(num_images, len(train)), replace=False):
         rows = rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)
         features = image_features(model, train[i].record, train[i].boxes[rows], "SVM feature scale")
         if features is not None:
-            sample.append(features.window_fc7().numpy())
+            sample.append(features.window_svm_input(model.config.svm.features).float().numpy())
     if not sample:
         raise ValueError("SVM feature scale: no sampled training image gave features (see the errors above)")
     return estimate_feature_scale(np.concatenate(sample))
@@ -113,7 +114,8 @@ class SizedPass:
 def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
                       on_retrain: Callable[[dict], None] | None = None
                       ) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
-    """Per-class SVMs (hard negative mining) on fc7 and box regressors on pooled conv5."""
+    """Per-class SVMs (hard negative mining) on fc7 (or pool5, ``svm.features``) and box regressors
+    on pooled conv5."""
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
@@ -133,8 +135,9 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
                 pairs, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
                 regression.add(features.window_pooled(pairs).numpy(), windows.boxes[pairs],
                                record.boxes, record.labels)
-            yield ImageFeatures(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
-                             record.labels, record.difficult)
+            yield ImageFeatures(record.image_id, features.window_svm_input(config.svm.features).float().numpy(),
+                                windows.boxes, record.boxes,
+                                record.labels, record.difficult)
 
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
                      progress=progress, class_names=model.classes, on_retrain=on_retrain)

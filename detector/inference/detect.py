@@ -45,6 +45,16 @@ class WindowFeatures:
         """Pooled features of the given windows (default: all), one row per window."""
         return self.pooled[torch.from_numpy(self.rows[windows])]
 
+    def svm_input(self, source: str) -> torch.Tensor:
+        """The distinct windows' features an SVM of ``svm.features`` = ``source`` reads."""
+        if source not in ("fc7", "pool5"):
+            raise ValueError(f"SVM features are 'fc7' or 'pool5', not {source!r}")
+        return self.fc7 if source == "fc7" else self.pooled
+
+    def window_svm_input(self, source: str, windows: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """``svm_input(source)`` of the given windows (default: all), one row per window."""
+        return self.svm_input(source)[torch.from_numpy(self.rows[windows])]
+
 
 def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
                     timer: StageTimer, batch: int = 1024, image: np.ndarray | None = None) -> WindowFeatures:
@@ -72,13 +82,14 @@ def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray
     return WindowFeatures(pooled, fc7, rows)
 
 
-def score_windows(model: DetectorModel, fc7: torch.Tensor) -> np.ndarray:
-    """Scores (N x K) of every window for every class: SVM margins or softmax probabilities."""
+def score_windows(model: DetectorModel, features: WindowFeatures) -> np.ndarray:
+    """Scores (N x K) of the N distinct windows for every class: SVM margins (on fc7 or pool5, as
+    the model's ``svm.features``) or fc8 softmax probabilities."""
     if model.config.test.scorer == "svm":
-        return model.svm.scores(fc7.numpy())
+        return model.svm.scores(features.svm_input(model.config.svm.features).float().numpy())
     with torch.inference_mode():
         device = next(model.head.parameters()).device
-        probs = torch.softmax(model.head.fc8(fc7.to(device)), dim=1).cpu()
+        probs = torch.softmax(model.head.fc8(features.fc7.to(device)), dim=1).cpu()
     return probs[:, 1:].numpy()
 
 
@@ -88,7 +99,7 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
     boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     features = window_features(model, record, boxes, timer, image=image)
     with timer.stage("scoring"):
-        scores = score_windows(model, features.fc7)[features.rows]
+        scores = score_windows(model, features)[features.rows]
         threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"
                      else model.config.test.softmax_threshold)
         rows, classes = np.nonzero(scores > threshold)
