@@ -102,6 +102,7 @@ class TestConfig:
     max_per_image: int = 100  # detections kept per image, by score
     score_threshold: float = -1.5  # SVM margin below which windows are dropped before regression/NMS
     softmax_threshold: float = 1e-3  # the same for fc8 softmax probabilities
+    bbox_regression: bool = True  # move kept windows by the class's box regressor (when trained)
 
 
 SECTIONS: dict[str, type] = {

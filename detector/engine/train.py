@@ -93,18 +93,19 @@ def image_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
 
 def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: np.random.Generator,
                       num_images: int = 20, per_image: int = 100) -> float:
-    """Scale that gives fc7 features a mean L2 norm of 20, from a sample of training windows
-    (under ``torchrun`` the sampled images are split across ranks and every rank gets them all)."""
+    """Scale that gives the SVMs' features (fc7 or pool5) a mean L2 norm of 20, from a sample of
+    training windows (under ``torchrun`` the sampled images are split across ranks and every rank
+    gets them all)."""
     plan = []
     for i in rng.choice(len(train), min(num_images, len(train)), replace=False):
         plan.append((train[i], rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)))
 
-    def sample_fc7(item: tuple[ImageWindows, np.ndarray]) -> np.ndarray | None:
+    def sample_features(item: tuple[ImageWindows, np.ndarray]) -> np.ndarray | None:
         windows, rows = item
         features = image_features(model, windows.record, windows.boxes[rows], "SVM feature scale")
-        return None if features is None else features.window_fc7().numpy()
+        return None if features is None else features.window_svm_input(model.config.svm.features).float().numpy()
 
-    sample = [fc7 for _, fc7 in distributed.ordered_stream(plan, sample_fc7) if fc7 is not None]
+    sample = [rows for _, rows in distributed.ordered_stream(plan, sample_features) if rows is not None]
     if not sample:
         raise ValueError("SVM feature scale: no sampled training image gave features (see the errors above)")
     return estimate_feature_scale(np.concatenate(sample))
@@ -126,7 +127,8 @@ class SizedPass:
 def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
                       on_retrain: Callable[[dict], None] | None = None
                       ) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
-    """Per-class SVMs (hard negative mining) on fc7 and box regressors on pooled conv5.
+    """Per-class SVMs (hard negative mining) on fc7 (or pool5, ``svm.features``) and box regressors
+    on pooled conv5.
 
     Several processes (``torchrun``): computing the fc7 features of every window of every image
     (most of this stage's time) is split across ranks by ``distributed.ordered_stream``, which
@@ -137,8 +139,9 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
     of caches; one rank is exactly the one-process run, and N ranks differ from it only by the
     float rounding of fc7 computed in another process.  The box regressors get the same stream's
     pooled features of their training pairs in the first pass.  A round of the stream is 4 images
-    per rank (the ranks wait on each other once per round; each holds the round's features of all
-    ranks, e.g. 2 ranks x 4 x about 14 MB for a VOC image at fc width 1024)."""
+    per rank with fc7 features, 1 with pool5 (the ranks wait on each other once per round; each
+    holds the round's features of all ranks, e.g. 2 ranks x 4 x about 14 MB for a VOC image at fc
+    width 1024)."""
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
@@ -146,7 +149,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
     passes_started = 0
 
     def one_image(windows: ImageWindows, feed_regression: bool) -> tuple[ImageFeatures, tuple | None] | None:
-        """One image's fc7 features (and its regression pairs with their pooled features), or None."""
+        """One image's SVM features (and its regression pairs with their pooled features), or None."""
         record = windows.record
         features = image_features(model, record, windows.boxes, "SVMs")
         if features is None:
@@ -155,14 +158,15 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
         if feed_regression:
             rows, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
             pairs = (rows, features.window_pooled(rows).numpy())
-        return ImageFeatures(record.image_id, features.window_fc7().numpy(), windows.boxes, record.boxes,
-                             record.labels, record.difficult), pairs
+        return ImageFeatures(record.image_id, features.window_svm_input(config.svm.features).float().numpy(),
+                             windows.boxes, record.boxes, record.labels, record.difficult), pairs
 
     def one_pass() -> Iterator[ImageFeatures]:
         nonlocal passes_started
         feed_regression = passes_started == 0
         passes_started += 1
-        stream = distributed.ordered_stream(train, lambda w: one_image(w, feed_regression), per_round=4)
+        per_round = 4 if config.svm.features == "fc7" else 1  # pool5 rows are 16x wider than fc7's
+        stream = distributed.ordered_stream(train, lambda w: one_image(w, feed_regression), per_round=per_round)
         for windows, result in trimming(stream):
             if result is None:
                 continue

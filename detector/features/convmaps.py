@@ -60,8 +60,10 @@ class ConvMap:
 
 
 def backbone_fingerprint(backbone: Backbone) -> str:
-    """Short hash of the trunk's weights, so maps of different weights never mix."""
+    """Short hash of the trunk's layers (strides, dilations, paddings) and weights, so maps of
+    different trunks never mix (a dilated trunk has the plain one's weights)."""
     digest = hashlib.sha1(backbone.name.encode())
+    digest.update(repr(backbone.trunk).encode())
     for name, tensor in backbone.trunk.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

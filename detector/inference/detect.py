@@ -5,11 +5,11 @@ instead (``detector.features.rcnn``): the trunk time counts as ``conv``, the pyr
 warped windows' maps as ``pooling``; the later stages are the same.
 
 Every proposal is scored by every class (SVM margins on fc7, or the fc8 softmax), each class's
-windows are moved by that class's box regressor and clipped to the image, then NMS at IoU 0.3
-per class (``torchvision.ops.batched_nms``) and at most ``max_per_image`` detections per image
-by score.  Windows scoring below ``score_threshold`` are dropped before regression and NMS: they
-could never reach the top 100 and would cost time.  Seconds per stage are accumulated in a
-``StageTimer`` so a test run can print where its time goes.
+windows are moved by that class's box regressor (unless ``test.bbox_regression`` is off) and
+clipped to the image, then NMS at IoU 0.3 per class (``torchvision.ops.batched_nms``) and at most
+``max_per_image`` detections per image by score. Windows scoring below ``score_threshold`` are
+dropped before regression and NMS: they could never reach the top 100 and would cost time. Seconds
+per stage are accumulated in a ``StageTimer`` so a test run can print where its time goes.
 """
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ class WindowFeatures:
         """Pooled features of the given windows (default: all), one row per window."""
         return self.pooled[torch.from_numpy(self.rows[windows])]
 
+    def svm_input(self, source: str) -> torch.Tensor:
+        """The distinct windows' features an SVM of ``svm.features`` = ``source`` reads."""
+        if source not in ("fc7", "pool5"):
+            raise ValueError(f"SVM features are 'fc7' or 'pool5', not {source!r}")
+        return self.fc7 if source == "fc7" else self.pooled
+
+    def window_svm_input(self, source: str, windows: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """``svm_input(source)`` of the given windows (default: all), one row per window."""
+        return self.svm_input(source)[torch.from_numpy(self.rows[windows])]
+
 
 def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
                     timer: StageTimer, batch: int = 1024, image: np.ndarray | None = None) -> WindowFeatures:
@@ -72,13 +82,14 @@ def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray
     return WindowFeatures(pooled, fc7, rows)
 
 
-def score_windows(model: DetectorModel, fc7: torch.Tensor) -> np.ndarray:
-    """Scores (N x K) of every window for every class: SVM margins or softmax probabilities."""
+def score_windows(model: DetectorModel, features: WindowFeatures) -> np.ndarray:
+    """Scores (N x K) of the N distinct windows for every class: SVM margins (on fc7 or pool5, as
+    the model's ``svm.features``) or fc8 softmax probabilities."""
     if model.config.test.scorer == "svm":
-        return model.svm.scores(fc7.numpy())
+        return model.svm.scores(features.svm_input(model.config.svm.features).float().numpy())
     with torch.inference_mode():
         device = next(model.head.parameters()).device
-        probs = torch.softmax(model.head.fc8(fc7.to(device)), dim=1).cpu()
+        probs = torch.softmax(model.head.fc8(features.fc7.to(device)), dim=1).cpu()
     return probs[:, 1:].numpy()
 
 
@@ -88,13 +99,13 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
     boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     features = window_features(model, record, boxes, timer, image=image)
     with timer.stage("scoring"):
-        scores = score_windows(model, features.fc7)[features.rows]
+        scores = score_windows(model, features)[features.rows]
         threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"
                      else model.config.test.softmax_threshold)
         rows, classes = np.nonzero(scores > threshold)
         kept_scores = scores[rows, classes]
     with timer.stage("regression"):
-        if model.regressor is not None and len(rows):
+        if model.regressor is not None and model.config.test.bbox_regression and len(rows):
             kept_boxes = model.regressor.apply(features.pooled.numpy(), boxes[rows], classes,
                                                record.width, record.height,
                                                feature_rows=features.rows[rows])

