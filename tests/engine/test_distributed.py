@@ -13,6 +13,7 @@ import detector.head.finetune as finetune_module
 from detector.config import make_config
 from detector.core import distributed
 from detector.core.paths import cache_root
+from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.test import test_detector
 from detector.engine.train import train_detector, training_windows
@@ -30,50 +31,6 @@ DDP_TINY = {**BASE_TINY, "dropout": 0.5, "finetune.iterations": 6, "finetune.lr_
 
 def _result_files(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(folder.glob("comp4_det_*.txt"))}
-
-
-def _cache_images_on_ranks(root: str, out: str) -> None:
-    """Proposals and conv maps of the train split, recording which images this rank computed."""
-    import detector.features.convmaps as convmaps_module
-    import proposals.cache as proposal_cache_module
-
-    searched, mapped = [], []
-    search, compute_map = proposal_cache_module.selective_search, convmaps_module.compute_conv_map
-
-    def counted_search(image, **kwargs):
-        searched.append(image.shape)
-        return search(image, **kwargs)
-
-    def counted_map(backbone, image, scale, flip, *args):
-        mapped.append((scale, flip))
-        return compute_map(backbone, image, scale, flip, *args)
-
-    proposal_cache_module.selective_search, convmaps_module.compute_conv_map = counted_search, counted_map
-    config = make_config("cpu", DDP_TINY)
-    dataset = load_voc(root, "train")
-    windows = training_windows(dataset, config, False)
-    backbone = build_backbone(config.backbone)
-    provider = ConvMapProvider(backbone, ConvMapCache(conv_map_folder(cache_root(root), backbone, config)),
-                               config.max_side)
-    stats = provider.precompute([w.record for w in windows], config.scales, (False, True), progress=False)
-    Path(out, f"rank{distributed.rank()}.json").write_text(json.dumps(
-        {"searched": len(searched), "mapped": len(mapped), "windows": [w.record.image_id for w in windows],
-         "computed": stats["computed"]}))
-
-
-def test_two_ranks_share_the_proposals_and_maps_of_every_image_once(tmp_path, monkeypatch):
-    """A fresh cache: each image is searched and mapped by one rank, and both ranks see them all."""
-    from detector.data.demo import make_demo_dataset
-
-    monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
-    root = make_demo_dataset(tmp_path / "demo", n_train=5, n_test=1, seed=4)
-    run_ranks(_cache_images_on_ranks, 2, str(root), str(tmp_path))
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    ids = [r.image_id for r in load_voc(root, "train").records]
-    assert [r["searched"] for r in ranks] == [3, 2]  # images 0, 2, 4 and 1, 3
-    assert [r["mapped"] for r in ranks] == [3 * 2, 2 * 2]  # one scale, both flips
-    assert ranks[0]["windows"] == ranks[1]["windows"] == ids
-    assert ranks[0]["computed"] == ranks[1]["computed"] == 5
 
 
 def _test_on_ranks(root: str, run: str, out: str) -> None:
@@ -167,23 +124,46 @@ def test_batch_that_does_not_split_over_the_ranks_is_refused(tiny_demo, tmp_path
 
 
 def _train_on_ranks(root: str, out: str) -> None:
+    """Train every stage, recording how many selective searches and conv maps this rank computed."""
+    import detector.features.convmaps as convmaps_module
+    import proposals.cache as proposal_cache_module
+
+    counts = {"searched": 0, "mapped": 0}
+    search, compute_map = proposal_cache_module.selective_search, convmaps_module.compute_conv_map
+
+    def counted_search(*args, **kwargs):
+        counts["searched"] += 1
+        return search(*args, **kwargs)
+
+    def counted_map(*args):
+        counts["mapped"] += 1
+        return compute_map(*args)
+
+    proposal_cache_module.selective_search, convmaps_module.compute_conv_map = counted_search, counted_map
     train_detector(load_voc(root, "train"), make_config("cpu", DDP_TINY), Path(out), progress=False)
+    Path(out, f"counts{distributed.rank()}.json").write_text(json.dumps(counts))
 
 
-def test_two_ranks_train_the_model_of_one(tiny_demo, tmp_path):
-    """Every stage on two ranks (proposals and maps already cached by the one-process run, whose
-    files the ranks share): the same SVMs and regressors to float tolerance, the same detections."""
-    dataset = load_voc(tiny_demo, "train")
-    train_detector(dataset, make_config("cpu", DDP_TINY), tmp_path / "one", progress=False)
-    run_ranks(_train_on_ranks, 2, str(tiny_demo), str(tmp_path / "two"))
+def test_two_ranks_train_the_model_of_one(tmp_path, monkeypatch):
+    """Every stage on two ranks, on a fresh cache: each image searched and mapped by one rank; then
+    one process on the same cache: the same SVMs and regressors to float tolerance, the same mAP."""
+    monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
+    root = make_demo_dataset(tmp_path / "demo", n_train=5, n_test=4, seed=3)
+    run_ranks(_train_on_ranks, 2, str(root), str(tmp_path / "two"))
+    counts = [json.loads((tmp_path / "two" / f"counts{r}.json").read_text()) for r in range(2)]
+    assert [c["searched"] for c in counts] == [3, 2]  # images 0, 2, 4 and 1, 3
+    assert [c["mapped"] for c in counts] == [3 * 2, 2 * 2]  # one scale, both flips
+    for name in ("counts0.json", "counts1.json"):
+        (tmp_path / "two" / name).unlink()
+    train_detector(load_voc(root, "train"), make_config("cpu", DDP_TINY), tmp_path / "one", progress=False)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-    one = load_model(tmp_path / "one" / "model.pt", "cpu", cache_root(tiny_demo))
-    two = load_model(tmp_path / "two" / "model.pt", "cpu", cache_root(tiny_demo))
+    one = load_model(tmp_path / "one" / "model.pt", "cpu", cache_root(root))
+    two = load_model(tmp_path / "two" / "model.pt", "cpu", cache_root(root))
     torch.testing.assert_close(torch.from_numpy(two.svm.weights), torch.from_numpy(one.svm.weights),
                                rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(torch.from_numpy(two.svm.biases), torch.from_numpy(one.svm.biases),
                                rtol=1e-3, atol=1e-4)
-    test = load_voc(tiny_demo, "test", one.classes)
+    test = load_voc(root, "test", one.classes)
     m_one = test_detector(one, test, tmp_path / "test_one", progress=False)
     m_two = test_detector(two, test, tmp_path / "test_two", progress=False)
     assert m_two["mAP"] == pytest.approx(m_one["mAP"], abs=0.005)
