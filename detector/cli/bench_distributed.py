@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python tools/bench_distributed.py --voc-root ROOT --split dev_val --images 100 \
         --model runs/x/model.pt --out runs/bench_1x2
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 tools/bench_distributed.py --voc-root ROOT --split dev_val \
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 tools/bench_distributed.py --voc-root ROOT --split dev_val \
         --images 100 --model runs/x/model.pt --out runs/bench_2x1
 
 Prints the wall seconds of each stage (from a barrier to a barrier) and writes them to OUT/bench.json
