@@ -1,4 +1,4 @@
-"""Time the stages split across processes (conv maps, SVM mining, test) on the first N images of a split.
+r"""Time the stages split across processes (conv maps, SVM mining, test) on the first N images of a split.
 
     OMP_NUM_THREADS=2 python tools/bench_distributed.py --voc-root ROOT --split dev_val --images 100 \
         --model runs/x/model.pt --out runs/bench_1x2
