@@ -19,12 +19,9 @@ Algorithm (one pass = one call of ``images()``, the paper ran one pass):
   separate positives pass would double the feature cost); early retrains therefore see the
   positives of the images seen so far, the end-of-pass retrain sees all of them.
 
-With ``config.C_candidates``, mining runs with ``config.C``, then the candidate of best held-out
-AP on the mined training set is chosen (``svm.selection``: cross-validation over training
-images), every class is retrained with it and one more pass mines under it; the choice and its
-table are in ``training_stats``.  The extra pass is needed: a larger C retrained on the final
-caches alone scored windows the first model had evicted as easy (on VOC, tiny windows with large
-fc7 norms) far above the true objects (dev_val mAP 2.7 with C = 0.01 chosen and no new pass).
+With ``config.C_candidates``, mining runs with ``config.C`` and the final SVMs are retrained
+with the candidate of best held-out AP on the mined training set (``svm.selection``: cross-
+validation over training images); the choice and its table are in ``training_stats``.
 
 Memory: only the per-class caches (and positives) are held, never the windows of all
 images.  A cache never exceeds ``max_cache_per_class`` rows: when new hard negatives
@@ -250,8 +247,7 @@ class HardNegativeMiner:
         return SVMModel(self.weights.copy(), self.biases.copy(), self.feature_scale)
 
     def run(self, images: Callable[[], Iterable[ImageFeatures]], progress: bool = True) -> SVMModel:
-        """Mine ``config.passes`` passes over ``images()`` (one more with ``C_candidates``: the
-        chosen C mines its own hard negatives) and return the final model."""
+        """Mine ``config.passes`` passes over ``images()`` and return the final model."""
         start = time.perf_counter()
         for pass_index in range(self.config.passes):
             self._run_pass(images(), pass_index, progress)
@@ -259,7 +255,6 @@ class HardNegativeMiner:
             raise ValueError("images() yielded no image: nothing to train on")
         if self.config.C_candidates:
             self._choose_c()
-            self._run_pass(images(), self.config.passes, progress)
         self.stats.total_seconds = time.perf_counter() - start
         for label, class_stats in enumerate(self.stats.classes):
             class_stats.cache_size = self.caches[label].size
@@ -277,8 +272,9 @@ class HardNegativeMiner:
     def _run_pass(self, image_iterable: Iterable[ImageFeatures], pass_index: int, progress: bool) -> None:
         total = len(image_iterable) if hasattr(image_iterable, "__len__") else None
         seen: set[str] = set()
-        passes = self.config.passes + bool(self.config.C_candidates)
-        bar = tqdm(total=total, disable=not progress, desc=f"SVM mining pass {pass_index + 1}/{passes}")
+        bar = tqdm(
+            total=total, disable=not progress, desc=f"SVM mining pass {pass_index + 1}/{self.config.passes}"
+        )
         iterator = iter(image_iterable)
         while True:
             wait_start = time.perf_counter()
@@ -437,8 +433,7 @@ class HardNegativeMiner:
 
     def _choose_c(self) -> None:
         """Choose the final C among ``config.C_candidates`` (``svm.selection``) and retrain every
-        class with it (the next pass mines under these SVMs); the choice and its table go into the
-        stats."""
+        class with it; the choice and its table go into the stats."""
         config = self.config
         table = []
         for label in range(self.num_classes):
