@@ -14,11 +14,7 @@ class SVMConfig:
     # what the SVMs read: "fc7" (the fine-tuned fc7, the paper's detector) or "pool5" (the
     # pooled pyramid itself, no fc layer: the paper's pool5 ablation)
     features: str = "fc7"
-    C: float = 1e-3  # the paper's liblinear -c; with C_candidates, the C of mining only
-    # candidate Cs for the final SVMs, one chosen by held-out AP on the mined training set
-    # (svm.selection, cross-validation over training images); empty: the final SVMs keep C
-    C_candidates: tuple[float, ...] = ()
-    cv_folds: int = 3  # image groups of that cross-validation
+    C: float = 1e-3  # the paper's liblinear -c
     pos_weight: float = 2.0
     intercept_scaling: float = 10.0
     hard_threshold: float = -1.0
@@ -51,11 +47,6 @@ class SVMConfig:
             raise ValueError(
                 f"SVMConfig: passes, retrain_every and max_cache_per_class must be >= 1, got "
                 f"{self.passes}, {self.retrain_every}, {self.max_cache_per_class}"
-            )
-        if any(not c > 0 for c in self.C_candidates) or self.cv_folds < 2:
-            raise ValueError(
-                f"SVMConfig: C_candidates must be positive and cv_folds >= 2, got "
-                f"{self.C_candidates} and {self.cv_folds}"
             )
         if self.features not in SVM_FEATURES:
             raise ValueError(f"SVMConfig: features must be one of {SVM_FEATURES}, got {self.features!r}")

@@ -19,10 +19,6 @@ Algorithm (one pass = one call of ``images()``, the paper ran one pass):
   separate positives pass would double the feature cost); early retrains therefore see the
   positives of the images seen so far, the end-of-pass retrain sees all of them.
 
-With ``config.C_candidates``, mining runs with ``config.C`` and the final SVMs are retrained
-with the candidate of best held-out AP on the mined training set (``svm.selection``: cross-
-validation over training images); the choice and its table are in ``training_stats``.
-
 Memory: only the per-class caches (and positives) are held, never the windows of all
 images.  A cache never exceeds ``max_cache_per_class`` rows: when new hard negatives
 would overflow it, the rows scoring lowest under the class's current model (the easiest)
@@ -54,7 +50,6 @@ from svm.config import CACHE_DTYPES, SVMConfig
 from svm.features import ImageFeatures
 from svm.linear_svm import SVMModel, train_linear_svm
 from svm.negatives import select_negatives
-from svm.selection import choose_c, held_out_ap
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +87,6 @@ class MiningStats:
     total_seconds: float = 0.0
     image_seconds: float = 0.0
     peak_cache_bytes: int = 0
-    # with config.C_candidates: the C of the final SVMs and the held-out AP table it came from
-    chosen_C: float | None = None
-    c_table: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -233,8 +225,6 @@ class HardNegativeMiner:
         self.biases = np.zeros(num_classes, dtype=np.float32)
         self.caches: list[NegativeCache] = []
         self.positives: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-        self.positive_images: list[list[np.ndarray]] = [[] for _ in range(num_classes)]  # image ordinals
-        self.C = config.C  # the C of the next retrain
         self.stats = MiningStats(classes=[ClassMiningStats() for _ in range(num_classes)])
         self._added_since_retrain = np.zeros(num_classes, dtype=np.int64)
         self._image_codes: dict[str, int] = {}
@@ -253,8 +243,6 @@ class HardNegativeMiner:
             self._run_pass(images(), pass_index, progress)
         if self.weights is None:
             raise ValueError("images() yielded no image: nothing to train on")
-        if self.config.C_candidates:
-            self._choose_c()
         self.stats.total_seconds = time.perf_counter() - start
         for label, class_stats in enumerate(self.stats.classes):
             class_stats.cache_size = self.caches[label].size
@@ -324,7 +312,6 @@ class HardNegativeMiner:
             )
         for label, rows in positive_rows.items():
             self.positives[label].append(scaled[np.searchsorted(needed, rows)])
-            self.positive_images[label].append(np.full(len(rows), code, dtype=np.int64))
             self.stats.classes[label].num_positives += len(rows)
         for label, rows in enumerate(hard_rows):
             class_start = time.perf_counter()
@@ -404,7 +391,7 @@ class HardNegativeMiner:
         cache = self.caches[label]
         positives = np.concatenate(self.positives[label])
         weight, bias = train_linear_svm(
-            positives, cache.features, C=self.C, pos_weight=config.pos_weight,
+            positives, cache.features, C=config.C, pos_weight=config.pos_weight,
             intercept_scaling=config.intercept_scaling, seed=config.seed,
         )
         self.weights[label] = weight
@@ -430,26 +417,6 @@ class HardNegativeMiner:
             "SVM class %s retrain %d: %d pos, %d neg, evicted %d, %.2f s",
             self.names[label], class_stats.retrains, len(positives), cache.size + evicted, evicted, seconds,
         )
-
-    def _choose_c(self) -> None:
-        """Choose the final C among ``config.C_candidates`` (``svm.selection``) and retrain every
-        class with it; the choice and its table go into the stats."""
-        config = self.config
-        table = []
-        for label in range(self.num_classes):
-            cache = self.caches[label]
-            if not self.positives[label] or not cache.size:
-                table.append(np.full(len(config.C_candidates), np.nan))
-                continue
-            table.append(held_out_ap(
-                np.concatenate(self.positives[label]), np.concatenate(self.positive_images[label]),
-                cache.features, cache.keys >> 32, config.C_candidates, config.cv_folds,
-                config.pos_weight, config.intercept_scaling, config.seed))
-        self.C, self.stats.c_table = choose_c(table, config.C_candidates, self.names)
-        self.stats.chosen_C = self.C
-        for label in range(self.num_classes):
-            if self.positives[label] and self.caches[label].size:
-                self._retrain(label)
 
     def _held_bytes(self) -> int:
         cached = sum(cache.nbytes for cache in self.caches)
