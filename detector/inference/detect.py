@@ -26,6 +26,7 @@ from detector.features.geometry import select_scales
 from detector.features.pooling import distinct_windows, pool_cells, window_cells
 from detector.features.rcnn import RCNNFeatures
 from detector.model.detector import DetectorModel
+from svm.config import SVM_FEATURES
 
 
 @dataclass
@@ -47,8 +48,8 @@ class WindowFeatures:
 
     def svm_input(self, source: str) -> torch.Tensor:
         """The distinct windows' features an SVM of ``svm.features`` = ``source`` reads."""
-        if source not in ("fc7", "pool5"):
-            raise ValueError(f"SVM features are 'fc7' or 'pool5', not {source!r}")
+        if source not in SVM_FEATURES:
+            raise ValueError(f"SVM features are one of {SVM_FEATURES}, not {source!r}")
         return self.fc7 if source == "fc7" else self.pooled
 
     def window_svm_input(self, source: str, windows: np.ndarray | slice = slice(None)) -> torch.Tensor:
