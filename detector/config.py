@@ -81,6 +81,8 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     checkpoint_every: int = 500  # iterations between resumable checkpoints
     history_every: int = 50  # iterations between progress records (progress bar, DIR/history.jsonl)
+    # iterations between fresh window samples of every training image (0: one sample for the whole run)
+    resample_every: int = 0
 
 
 @dataclass(frozen=True)

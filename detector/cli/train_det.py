@@ -21,7 +21,7 @@ from detector.cli.common import (
 )
 from detector.core import distributed
 from detector.core.runtime import keep_freed_memory
-from detector.engine.train import train_detector
+from detector.engine.train import STOP_AFTER, train_detector
 
 
 @record  # under torchrun, a failing rank's traceback is in the agent's report
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
                              "or one JSON {id: [[x1, y1, x2, y2], ...]} (proposals/external.py); the same as "
                              "--set proposals.source=DIR_OR_FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--stop-after", choices=STOP_AFTER,
+                        help="finetune: end after fine-tuning; the model has no SVMs or box regressors and "
+                             "scores with the fc8 softmax (quick comparisons of fine-tuning settings)")
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--resume", action="store_true",
                         help="only reuse or resume what is in --out; stop, naming the file and the settings "
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     with process_group(config.device):
         try:
             model_path = train_detector(dataset, config, args.out, progress=not args.quiet,
-                                        policy="resume" if args.resume else "force" if args.force else "auto")
+                                        policy="resume" if args.resume else "force" if args.force else "auto",
+                                        stop_after=args.stop_after)
         except (ValueError, OSError) as error:  # bad input, unwritable path: the message names the value or file
             raise SystemExit(f"train_det.py: {error_line(error)}") from error
         if distributed.is_main():

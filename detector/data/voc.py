@@ -38,6 +38,7 @@ Decisions:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -105,8 +106,27 @@ def split_file(root: str | Path, split: str) -> Path:
     return Path(root) / "ImageSets" / "Main" / f"{split}.txt"
 
 
+HOLDOUT_PARTS = ("fit", "holdout")  # ``SPLIT-fit`` / ``SPLIT-holdout``: SPLIT without / with its held-out fifth
+
+
+def in_holdout(image_id: str) -> bool:
+    """True for the ids of a split's held-out fifth: the first 8 hex digits of the id's SHA-256 are 0 mod 5
+    (fixed by the id alone, so neither the file's order nor its other ids move an image)."""
+    return int(hashlib.sha256(image_id.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
+
+
 def read_split_ids(root: str | Path, split: str) -> list[str]:
-    """Image ids of a split, in file order, duplicates removed (with a warning)."""
+    """Image ids of a split, in file order, duplicates removed (with a warning).
+
+    ``SPLIT-fit`` and ``SPLIT-holdout``, when no file of that name exists, are SPLIT's ids without and
+    with its held-out fifth (``in_holdout``): hyperparameters are chosen by training on ``-fit`` and
+    measuring on ``-holdout``, so that no test split chooses them."""
+    base, _, part = split.rpartition("-")
+    if part in HOLDOUT_PARTS and base and not split_file(root, split).is_file():
+        ids = [i for i in read_split_ids(root, base) if in_holdout(i) == (part == "holdout")]
+        if not ids:
+            raise ValueError(f"split {split}: {split_file(root, base)} leaves no image in its {part} part")
+        return ids
     path = split_file(root, split)
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []

@@ -181,11 +181,18 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
     return svm, regression, svm.training_stats or {}
 
 
+STOP_AFTER = ("finetune",)  # stages a run may end after (``train_detector``'s ``stop_after``)
+
+
 def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True,
-                   policy: str = "auto") -> Path:
+                   policy: str = "auto", stop_after: str | None = None) -> Path:
     """Run every training stage for ``dataset``; returns the path of the written ``model.pt``
     (``policy``: auto, resume or force, see ``detector.engine.stages``).  The run's config, log and
-    history are kept in ``out_dir`` (``detector.engine.record``)."""
+    history are kept in ``out_dir`` (``detector.engine.record``).  ``stop_after="finetune"`` ends
+    after fine-tuning: the model has neither SVMs nor box regressors and scores with the fc8
+    softmax (quick comparisons of fine-tuning settings)."""
+    if stop_after is not None and stop_after not in STOP_AFTER:
+        raise ValueError(f"stop_after must be one of {STOP_AFTER} or None, not {stop_after!r}")
     if config.fc6_rank is not None:
         raise ValueError(f"fc6_rank={config.fc6_rank}: training needs the full fc6; compress the "
                          f"trained model with tools/compress_net.py")
@@ -196,11 +203,11 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     check_writable([out_dir, cache_root(dataset.root)])
     progress = progress and distributed.is_main()
     with TrainingRecord(out_dir, config, dataset.classes, active=distributed.is_main()) as history:
-        return _train_stages(dataset, config, Path(out_dir), progress, policy, history)
+        return _train_stages(dataset, config, Path(out_dir), progress, policy, history, stop_after)
 
 
 def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool, policy: str,
-                  history: TrainingRecord) -> Path:
+                  history: TrainingRecord, stop_after: str | None = None) -> Path:
     """The stages of ``train_detector``, recording progress in ``history``."""
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
@@ -247,6 +254,38 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
 
     classifiers_path = out_dir / "classifiers.pt"
     stage = time.perf_counter()
+    record = None
+    svm_stats: dict = {}
+    if stop_after == "finetune":
+        model.config = config = config.replace(**{"test.scorer": "softmax"})
+        log.info("stopping after fine-tuning: no SVMs or box regressors; the model scores with the fc8 softmax")
+    else:
+        record, svm_stats = _classifier_stage(model, train, dataset, config, classifiers_path, finetune_stats,
+                                              policy, progress, history, peak_rss)
+    end_stage("svm_and_regression", stage)
+    model_path = out_dir / "model.pt"
+    if not distributed.is_main():
+        distributed.barrier()  # returns once rank 0 has written model.pt and the summary
+        return model_path
+    save_model(model_path, model, stages={"finetune": finetune_stats.get("record"), "classifiers": record})
+    timings["total"] = time.perf_counter() - start
+    summary = {"images": len(train), "skipped_images": skipped, "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
+               "conv_map_bytes_per_image": map_stats["bytes_per_image"],
+               "finetune": finetune_stats, "svm": svm_stats, "config": config.to_dict()}
+    write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding
+    for name, seconds in timings.items():
+        peak = f"   peak RSS so far {peak_rss[name]:7.0f} MiB" if name in peak_rss else ""
+        log.info("%20s: %8.1f s%s", name, seconds, peak)
+    distributed.barrier()
+    return model_path
+
+
+def _classifier_stage(model: DetectorModel, train: Sequence[ImageWindows], dataset: VOCDataset, config: Config,
+                      classifiers_path: Path, finetune_stats: dict, policy: str, progress: bool,
+                      history: TrainingRecord, peak_rss: dict) -> tuple[dict, dict]:
+    """The SVMs and box regressors into ``model`` (reused from ``classifiers_path`` when its record
+    matches, else trained and written); returns the stage record and the SVM statistics."""
+    backbone = model.backbone
     record = classifiers_record(config, list(dataset.classes), backbone_fingerprint(backbone),
                                 training_data_digest(train), finetune_stats["checksum"])
     state = reusable_classifiers(classifiers_path, record, policy)
@@ -266,19 +305,4 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
             save_checkpoint(classifiers_path, seal({"svm": model.svm.state_dict(),
                                                     "regressor": model.regressor.state_dict(),
                                                     "stats": svm_stats, "stage": record}))
-    end_stage("svm_and_regression", stage)
-    model_path = out_dir / "model.pt"
-    if not distributed.is_main():
-        distributed.barrier()  # returns once rank 0 has written model.pt and the summary
-        return model_path
-    save_model(model_path, model, stages={"finetune": finetune_stats.get("record"), "classifiers": record})
-    timings["total"] = time.perf_counter() - start
-    summary = {"images": len(train), "skipped_images": skipped, "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
-               "conv_map_bytes_per_image": map_stats["bytes_per_image"],
-               "finetune": finetune_stats, "svm": svm_stats, "config": config.to_dict()}
-    write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding
-    for name, seconds in timings.items():
-        peak = f"   peak RSS so far {peak_rss[name]:7.0f} MiB" if name in peak_rss else ""
-        log.info("%20s: %8.1f s%s", name, seconds, peak)
-    distributed.barrier()
-    return model_path
+    return record, svm_stats

@@ -11,6 +11,11 @@ class list, backbone, levels, scales and feature normalisation: a killed run res
 (the bank is rebuilt identically from the seed).  The last snapshot is the result: no
 snapshot is ever chosen by its score on an evaluation split.
 
+With ``finetune.resample_every`` = K > 0 the bank is drawn afresh every K iterations (a new sample
+of every image's windows, the old bank freed first): over the schedule the mini-batches then come
+from far more of each image's windows than one sample holds, closer to the paper's sampling from
+all windows, at the memory of one bank and about one bank's pooling time per resample.
+
 Stage keying: the checkpoint holds a provenance record (``detector.core.provenance``): the
 settings fine-tuning depends on (``detector.config.stage_settings(config, "finetune")``, which
 include ``finetune.iterations``), the class list, the trunk fingerprint and a digest of the
@@ -205,6 +210,12 @@ def _pool_or_skip(context: PoolingContext, item: PlannedPooling) -> torch.Tensor
         return None
 
 
+def bank_generator(seed: int, index: int) -> np.random.Generator:
+    """The generator of the ``index``-th window sample (the first is ``default_rng(seed)``, as before
+    resampling existed)."""
+    return np.random.default_rng(seed if index == 0 else [seed, index])
+
+
 def check_compatible(state: dict, classes: Sequence[str], backbone: str, mode: str = "spp") -> None:
     """Refuse a checkpoint made for another class list, backbone or mode, naming the difference."""
     if list(state["classes"]) != list(classes):
@@ -334,22 +345,30 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
         return {"iterations": 0, "seconds": 0.0, "reused": str(checkpoint_path),
                 "checksum": state["checksum"], "record": record}
     started = time.perf_counter()
-    sampling = config.sampling
     flips = (False, True) if config.sampling.flip else (False,)
-    bank = build_window_bank(context, train, sampling, flips, np.random.default_rng(config.seed),
-                             progress)
+    every = config.finetune.resample_every
+    if every < 0:
+        raise ValueError(f"finetune.resample_every={every}: use 0 (one sample) or a number of iterations")
+    start = state["iteration"] if state is not None else 0
+
+    def sample_bank(iteration: int) -> WindowBank:
+        """The window bank in use at ``iteration``: sample ``iteration // resample_every``, each drawn
+        from its own generator, so a resumed run pools the same windows."""
+        index = iteration // every if every else 0
+        return build_window_bank(context, train, config.sampling, flips, bank_generator(config.seed, index),
+                                 progress)
+
+    bank = sample_bank(start)
     bank_seconds = time.perf_counter() - started
     if len(bank.foreground) == 0:
         raise ValueError("fine-tuning: no window overlaps a GT box by IoU >= "
                          f"{config.sampling.fg_iou}; check the annotations and proposals")
-    start = 0
     if state is not None:
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
-        start = state["iteration"]
         log.info("fine-tuning: resuming from %s at iteration %d", checkpoint_path, start)
     elif context.normalise:
         head.set_normalisation(bank.features[:20000])
@@ -386,6 +405,11 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     me = distributed.rank()
     with sliced_dropout(head):  # N ranks: the dropout masks of one process (module docstring)
         for iteration in bar:
+            if every and iteration % every == 0 and iteration != start:
+                del bank  # freed before the next is pooled: one bank's memory at a time
+                began = time.perf_counter()
+                bank = sample_bank(iteration)
+                bank_seconds += time.perf_counter() - began
             x, y = bank.draw(config.finetune.batch_size, config.sampling.fg_fraction, rng)  # the same on every rank
             if world > 1:
                 x, y = x[me::world], y[me::world]

@@ -145,4 +145,7 @@ def load_model(path: str | Path, device: str | None = None, cache_dir: str | Pat
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     check_device(config.device)
+    if config.test.scorer == "svm" and state["svm"] is None:
+        raise ValueError(f"{path} has no SVMs (trained with --stop-after finetune); score with the fc8 "
+                         "softmax (--scorer softmax)")
     return build_detector(config, state["classes"], cache_dir, state)

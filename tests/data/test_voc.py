@@ -13,6 +13,7 @@ from PIL import Image
 from detector.core.images import ImageReadError, image_size, load_image
 from detector.data.voc import (
     discover_classes,
+    in_holdout,
     load_voc,
     parse_annotation,
     read_split_ids,
@@ -351,6 +352,26 @@ def test_split_file_errors_and_parsing(voc: VOCFolder) -> None:
     with pytest.raises(FileNotFoundError, match="JPEGImages"):
         (voc.root / "JPEGImages").rmdir()
         load_voc(voc.root, "flags")
+
+
+def test_fit_and_holdout_parts_partition_a_split_by_id(voc: VOCFolder) -> None:
+    ids = [f"{k:06d}" for k in range(200)]
+    voc.split("big", ids)
+    fit, holdout = read_split_ids(voc.root, "big-fit"), read_split_ids(voc.root, "big-holdout")
+    assert sorted(fit + holdout) == ids and not set(fit) & set(holdout)
+    assert fit == [i for i in ids if i not in holdout]  # the split's order is kept
+    assert 25 <= len(holdout) <= 55  # about a fifth
+    # membership depends on the id alone, not on the other ids or their order
+    voc.split("few", list(reversed(ids[:50])))
+    assert read_split_ids(voc.root, "few-holdout") == [i for i in reversed(ids[:50]) if i in holdout]
+    assert all(in_holdout(i) for i in holdout)
+    voc.split("big-holdout", ["000001"])  # a real file of that name wins
+    assert read_split_ids(voc.root, "big-holdout") == ["000001"]
+    voc.split("one", [next(i for i in ids if not in_holdout(i))])
+    with pytest.raises(ValueError, match=r"split one-holdout: .*one\.txt leaves no image"):
+        read_split_ids(voc.root, "one-holdout")
+    with pytest.raises(FileNotFoundError, match=r"absent\.txt"):
+        read_split_ids(voc.root, "absent-fit")
 
 
 def test_nothing_usable_is_an_error_naming_the_split(voc: VOCFolder) -> None:

@@ -81,6 +81,53 @@ class Killed(Exception):
 def test_finetuning_resumes_exactly_and_restarts_for_other_settings(tiny_demo, tmp_path, monkeypatch, caplog):
     dataset = load_voc(tiny_demo, "train")
     straight, _ = _finetune(dataset, make_config("cpu", TINY), tmp_path / "a.pt")
+    _check_killed_run_resumes(dataset, make_config("cpu", TINY), straight, tmp_path, monkeypatch)
+    # a complete checkpoint made for other classes or settings is never reused
+    other = load_voc(tiny_demo, "train", classes=list(reversed(dataset.classes)))
+    with pytest.raises(ValueError, match="b.pt was made with other settings.*classes"):
+        _finetune(other, make_config("cpu", TINY), tmp_path / "b.pt", policy="resume")
+    _, stats = _finetune(dataset, make_config("cpu", {**TINY, "finetune.lr": 0.02}), tmp_path / "b.pt")
+    assert stats["iterations"] == 30 and "finetune.lr: 0.01 -> 0.02" in caplog.text
+
+
+def test_resampled_banks_are_drawn_afresh_and_resume_exactly(tiny_demo, tmp_path, monkeypatch):
+    """finetune.resample_every = 7 over 30 iterations: banks at 0, 7, 14, 21 and 28, each its own
+    sample; a run killed at the checkpoint of iteration 10 (inside the second bank) resumes to the
+    uninterrupted run's weights."""
+    dataset = load_voc(tiny_demo, "train")
+    config = make_config("cpu", {**TINY, "finetune.resample_every": 7})
+    banks = []
+    real_build = finetune_module.build_window_bank
+
+    def build_and_keep(*args, **kwargs):
+        banks.append(real_build(*args, **kwargs))
+        return banks[-1]
+
+    monkeypatch.setattr(finetune_module, "build_window_bank", build_and_keep)
+    straight, stats = _finetune(dataset, config, tmp_path / "a.pt")
+    assert len(banks) == 5 and stats["iterations"] == 30
+    assert not torch.equal(banks[0].features, banks[1].features)  # another sample of windows
+    once, _ = _finetune(dataset, make_config("cpu", TINY), tmp_path / "once.pt")
+    assert torch.equal(banks[0].features, real_build(  # the first bank is the one-sample run's
+        *_bank_inputs(dataset, config), finetune_module.bank_generator(config.seed, 0), progress=False).features)
+    assert not torch.allclose(once.fc8.weight, straight.fc8.weight)
+    monkeypatch.setattr(finetune_module, "build_window_bank", real_build)
+    _check_killed_run_resumes(dataset, config, straight, tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match="resample_every=-1"):
+        _finetune(dataset, make_config("cpu", {**TINY, "finetune.resample_every": -1}), tmp_path / "c.pt")
+
+
+def _bank_inputs(dataset, config):
+    """``build_window_bank``'s first four arguments for fine-tuning ``dataset`` under ``config``."""
+    backbone = build_backbone(config.backbone)
+    spp = SpatialPyramidPooling(backbone.levels)
+    context = PoolingContext(conv_map_provider(backbone, config, dataset.root), spp, backbone.geometry,
+                             config.scales)
+    return context, training_windows(dataset, config, False), config.sampling, (False, True)
+
+
+def _check_killed_run_resumes(dataset, config, straight, tmp_path, monkeypatch):
+    """Fine-tuning killed right after its first checkpoint (iteration 10) resumes to ``straight``."""
     real_save = finetune_module.save_checkpoint
 
     def save_then_die(path, state):
@@ -89,18 +136,12 @@ def test_finetuning_resumes_exactly_and_restarts_for_other_settings(tiny_demo, t
 
     monkeypatch.setattr(finetune_module, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        _finetune(dataset, make_config("cpu", TINY), tmp_path / "b.pt")  # killed after iteration 10
+        _finetune(dataset, config, tmp_path / "b.pt")  # killed after iteration 10
     monkeypatch.setattr(finetune_module, "save_checkpoint", real_save)
-    resumed, stats = _finetune(dataset, make_config("cpu", TINY), tmp_path / "b.pt")
+    resumed, stats = _finetune(dataset, config, tmp_path / "b.pt")
     assert stats["iterations"] == 20
     for name, tensor in straight.state_dict().items():
         assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
-    # a complete checkpoint made for other classes or settings is never reused
-    other = load_voc(tiny_demo, "train", classes=list(reversed(dataset.classes)))
-    with pytest.raises(ValueError, match="b.pt was made with other settings.*classes"):
-        _finetune(other, make_config("cpu", TINY), tmp_path / "b.pt", policy="resume")
-    _, stats = _finetune(dataset, make_config("cpu", {**TINY, "finetune.lr": 0.02}), tmp_path / "b.pt")
-    assert stats["iterations"] == 30 and "finetune.lr: 0.01 -> 0.02" in caplog.text
 
 
 def test_window_bank_holds_each_images_sampled_windows_in_order(tiny_demo):
@@ -168,3 +209,19 @@ def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
     old = load_model(tmp_path / "old.pt")
     assert old.config == model.config and old.classes == model.classes
     assert all(torch.equal(v, old.head.state_dict()[k]) for k, v in model.head.state_dict().items())
+
+
+def test_stop_after_finetune_gives_a_softmax_model_without_classifiers(tiny_demo, tmp_path):
+    train = load_voc(tiny_demo, "train")
+    model_path = train_detector(train, make_config("cpu", TINY), tmp_path / "run", progress=False,
+                                stop_after="finetune")
+    assert not (tmp_path / "run" / "classifiers.pt").exists()
+    model = load_model(model_path, cache_dir=cache_root(tiny_demo))
+    assert model.svm is None and model.regressor is None and model.config.test.scorer == "softmax"
+    test = load_voc(tiny_demo, "test", classes=model.classes)
+    metrics = test_detector(model, test, tmp_path / "out", progress=False)
+    assert 0.0 <= metrics["mAP"] <= 1.0 and set(metrics["ap"]) == set(model.classes)
+    with pytest.raises(ValueError, match="model.pt has no SVMs.*--scorer softmax"):
+        load_model(model_path, cache_dir=cache_root(tiny_demo), overrides={"test.scorer": "svm"})
+    with pytest.raises(ValueError, match="stop_after must be one of"):
+        train_detector(train, make_config("cpu", TINY), tmp_path / "run", progress=False, stop_after="svm")
