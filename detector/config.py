@@ -14,11 +14,15 @@ read, and refused with the new name when typed.  The sections' ``seed`` follows 
 ``seed``.
 
 Presets:
-- ``cpu`` (default): sized for a 2-core CPU: 1024-wide fc layers and a short schedule so that
-  fine-tuning on 2000 images takes at most ~15 minutes.  Its learning rate is 1e-2, not the
-  paper's 1e-4: the paper fine-tuned fc layers pretrained on ImageNet, while the default trunk
-  (EfficientNet-Lite0) has none, and from random fc layers 1e-3 left the demo's held-out
-  foreground windows at 14% accuracy after 1000 iterations where 1e-2 reached 89%.
+- ``cpu`` (default): sized for a 2-core CPU so that the whole training on 2000 VOC images stays
+  under 90 minutes: EfficientNet-Lite2 with its last block dilated to stride 16, one scale (688),
+  1024-wide fc layers, 8000 iterations drawing a fresh window sample every 1000, and
+  the fc8 softmax as the test scorer (the SVMs are still trained; ``--scorer svm`` uses them).
+  Its learning rate is 1e-2, not the paper's 1e-4: the paper fine-tuned fc layers pretrained on
+  ImageNet, while the Lite trunks have none, and from random fc layers 1e-3 left the demo's
+  held-out foreground windows at 14% accuracy after 1000 iterations where 1e-2 reached 89%.  The
+  class defaults of ``Config`` below are the base every preset starts from (EfficientNet-Lite0 at
+  stride 32, the paper's five scales, the SVM scorer).
 - ``demo``: the embedded demo dataset's default (the tools pick it when no --voc-root is given):
   one scale (its images are small), 512-wide fc layers and 1000 iterations, so the README's
   train + test run finishes in minutes on a laptop.
@@ -178,8 +182,19 @@ LEGACY_KEYS: dict[str, str] = {
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {},
+    # chosen on dev_train's held-out fifth, then measured once on dev_val (README, "Toward the paper's accuracy")
+    "cpu": {
+        "backbone": "efficientnet_lite2",  # ImageNet top-1 77.6 (Lite0 75.1); dev_val mAP 53.1 vs 50.3
+        "backbone_options": {"feature_stride": 16, "dilated": True},  # the last block at stride 16
+        "scales": (688,),  # one scale: five cost 6.8x the conv maps, past a 90-minute training here
+        "test.scorer": "softmax",  # better than the SVMs with every trunk measured here
+        # a fresh window sample per 1000 iterations, twice the schedule: held-out mAP 47.2 vs 46.4
+        "finetune.resample_every": 1000,
+        "finetune.iterations": 8000,
+        "finetune.lr_steps": (6000,),
+    },
     "demo": {
+        "backbone": "efficientnet_lite0",
         "backbone_options": {"feature_stride": 16},  # measured there: small synthetic shapes
         "sampling.windows_per_image": 64,
         "scales": (480,),

@@ -2,12 +2,18 @@ import json
 
 import pytest
 
-from detector.config import LEGACY_KEYS, PAPER_SCALES, config_from_dict, make_config
+from detector.config import LEGACY_KEYS, PAPER_SCALES, Config, config_from_dict, make_config
 
 
 def test_defaults_follow_the_paper_scales_and_cpu_preset():
     config = make_config()
-    assert config.scales == PAPER_SCALES == (480, 576, 688, 864, 1200)
+    assert config.scales == (688,) and config.test.scorer == "softmax"
+    assert config.backbone == "efficientnet_lite2" and config.backbone_options == {"feature_stride": 16, "dilated": True}
+    assert Config().scales == PAPER_SCALES == (480, 576, 688, 864, 1200)  # the base of every preset
+    assert Config().backbone == "efficientnet_lite0" and Config().test.scorer == "svm"
+    # another trunk drops the preset's trunk options
+    assert make_config("cpu", {"backbone": "efficientnet_lite0"}).backbone_options == {}
+    assert make_config("demo").backbone == "efficientnet_lite0" and make_config("paper").test.scorer == "svm"
     assert config.preset == "cpu" and config.fc_width == 1024 and config.finetune.batch_size == 128
     assert config.sampling.fg_fraction == 0.25 and config.test.nms_iou == 0.3 and config.test.max_per_image == 100
     assert config.svm.C == 1e-3 and config.svm.pos_weight == 2.0 and config.bbox.alpha == 1000.0
