@@ -47,7 +47,7 @@ def test_bad_paths_and_settings_are_one_line_messages_before_any_work(tiny_demo,
     cases = {
         ("--out", str(blocker / "run"), "--set", *small): f"cannot write in {blocker / 'run'}: Not a directory",
         ("--backbone", "nope", "--set", *small): "unknown backbone 'nope'",
-        ("--scales", "1", "--set", *small): "scale 1 is too small for backbone 'efficientnet_lite0'",
+        ("--scales", "1", "--set", *small): "scale 1 is too small for backbone 'efficientnet_lite2'",
         ("--set", "finetune.lr=nan", *small): "finetune.lr must be finite",
         ("--set", "finetune.batch_size=0", *small): "finetune.batch_size",
         ("--set", "finetune.checkpoint_every=0", *small): "finetune.checkpoint_every",
