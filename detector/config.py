@@ -347,8 +347,9 @@ def check_config(config: Config) -> None:
     for name in ("batch_size", "checkpoint_every", "history_every"):
         if getattr(tune, name) < 1:
             problems.append(f"finetune.{name} must be >= 1, got {getattr(tune, name)}")
-    if tune.iterations < 0:
-        problems.append(f"finetune.iterations must be >= 0, got {tune.iterations}")
+    if tune.iterations < 0 or tune.resample_every < 0:
+        problems.append(f"finetune.iterations and finetune.resample_every must be >= 0, got "
+                        f"{tune.iterations} and {tune.resample_every}")
     for name in ("lr", "lr_gamma", "momentum", "weight_decay"):
         value = getattr(tune, name)
         if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):

@@ -347,8 +347,6 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
     started = time.perf_counter()
     flips = (False, True) if config.sampling.flip else (False,)
     every = config.finetune.resample_every
-    if every < 0:
-        raise ValueError(f"finetune.resample_every={every}: use 0 (one sample) or a number of iterations")
     start = state["iteration"] if state is not None else 0
 
     def sample_bank(iteration: int) -> WindowBank:

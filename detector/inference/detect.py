@@ -87,9 +87,6 @@ def score_windows(model: DetectorModel, features: WindowFeatures) -> np.ndarray:
     """Scores (N x K) of the N distinct windows for every class: SVM margins (on fc7 or pool5, as
     the model's ``svm.features``) or fc8 softmax probabilities."""
     if model.config.test.scorer == "svm":
-        if model.svm is None:
-            raise ValueError("test.scorer is 'svm' but this model has no SVMs (trained with --stop-after "
-                             "finetune); score with the fc8 softmax (--scorer softmax)")
         return model.svm.scores(features.svm_input(model.config.svm.features).float().numpy())
     with torch.inference_mode():
         device = next(model.head.parameters()).device
