@@ -109,6 +109,9 @@ class TestConfig:
     score_threshold: float = -1.5  # SVM margin below which windows are dropped before regression/NMS
     softmax_threshold: float = 1e-3  # the same for fc8 softmax probabilities
     bbox_regression: bool = True  # move kept windows by the class's box regressor (when trained)
+    # box voting (MR-CNN): each NMS survivor becomes the score-weighted mean of its class's
+    # windows overlapping it by at least this IoU (after regression); 0: off
+    box_voting: float = 0.0
 
 
 SECTIONS: dict[str, type] = {
@@ -365,6 +368,8 @@ def check_config(config: Config) -> None:
     if not 0 < config.test.nms_iou <= 1 or config.test.max_per_image < 1:
         problems.append(f"test.nms_iou must be in (0, 1] and test.max_per_image >= 1, got "
                         f"{config.test.nms_iou}, {config.test.max_per_image}")
+    if not 0 <= config.test.box_voting <= 1:
+        problems.append(f"test.box_voting must be an IoU in (0, 1] or 0 (off), got {config.test.box_voting}")
     if problems:
         raise ValueError("config: " + "; ".join(problems))
 

@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="score windows with the SVMs (default, as the paper) or the fc8 softmax")
     parser.add_argument("--no-bbox-regression", dest="bbox_regression", action="store_false", default=None,
                         help="keep the windows where they are (the model's box regressors unused)")
+    parser.add_argument("--box-voting", type=float, metavar="IOU",
+                        help="move each detection to the score-weighted mean of its class's windows "
+                             "overlapping it by IoU >= IOU (box voting, MR-CNN); 0: off (default: the model's)")
     parser.add_argument("--feature-path", choices=FEATURE_PATHS,
                         help="feature path (default: the model's): spp pools every window from the "
                              "image's conv maps; rcnn warps each window to the trunk's input size and "
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {args.eval_only / PR_CURVES_PNG}")
             return
         overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path,
-                     "test.bbox_regression": args.bbox_regression,
+                     "test.bbox_regression": args.bbox_regression, "test.box_voting": args.box_voting,
                      "proposals.source": str(args.proposals.resolve()) if args.proposals is not None else None}
         device = args.device
         if device is None and distributed.env_world_size() > 1:  # the backend follows the model's device

@@ -69,3 +69,24 @@ def box_problems(boxes: np.ndarray, width: int, height: int) -> list[tuple[str, 
                 (f"outside the {width}x{height} image",
                  (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height))]
     return [(what, rows) for what, rows in problems if rows.any()]
+
+
+def vote_boxes(kept: np.ndarray, kept_classes: np.ndarray, candidates: np.ndarray,
+               weights: np.ndarray, candidate_classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Box voting (Gidaris & Komodakis, MR-CNN 2015): each kept box (M x 4) -> the weighted mean of
+    the candidates (R x 4, weights R >= 0) of its class overlapping it by IoU >= ``iou_threshold``.
+
+    The kept boxes are NMS survivors among the candidates, so each usually votes for itself; a box
+    whose voters weigh nothing in total stays as it is.  torchvision has no box voting; this is
+    one masked matrix product (M x R), float64.
+    """
+    kept = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
+    candidates = np.asarray(candidates, dtype=np.float64).reshape(-1, 4)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(weights) != len(candidates) or (weights < 0).any():
+        raise ValueError(f"need one weight >= 0 per candidate, got {len(weights)} for {len(candidates)}")
+    same_class = np.asarray(kept_classes).reshape(-1, 1) == np.asarray(candidate_classes).reshape(1, -1)
+    votes = np.where(same_class & (iou_matrix(kept, candidates) >= iou_threshold), weights[None], 0.0)
+    total = votes.sum(axis=1, keepdims=True)
+    voted = votes @ candidates / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, voted, kept).astype(np.float32)

@@ -7,7 +7,8 @@ warped windows' maps as ``pooling``; the later stages are the same.
 Every proposal is scored by every class (SVM margins on fc7, or the fc8 softmax), each class's
 windows are moved by that class's box regressor (unless ``test.bbox_regression`` is off) and
 clipped to the image, then NMS at IoU 0.3 per class (``torchvision.ops.batched_nms``) and at most
-``max_per_image`` detections per image by score. Windows scoring below ``score_threshold`` are
+``max_per_image`` detections per image by score; with ``test.box_voting`` each survivor's box is
+then the score-weighted mean of the overlapping windows of its class (``vote_boxes``). Windows scoring below ``score_threshold`` are
 dropped before regression and NMS: they could never reach the top 100 and would cost time. Seconds
 per stage are accumulated in a ``StageTimer`` so a test run can print where its time goes.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from detector.core.boxes import vote_boxes
 from detector.core.detections import ImageDetections
 from detector.core.records import ImageRecord
 from detector.core.timing import StageTimer
@@ -117,6 +119,11 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
                            torch.from_numpy(kept_scores.astype(np.float32)),
                            torch.from_numpy(classes), model.config.test.nms_iou).numpy()
         keep = keep[: model.config.test.max_per_image]  # batched_nms returns indices by score
+        final_boxes = kept_boxes[keep]
+        if model.config.test.box_voting > 0 and len(keep):
+            # weights: the margin above the drop threshold, > 0 for every window that passed it
+            final_boxes = vote_boxes(final_boxes, classes[keep], kept_boxes, kept_scores - threshold,
+                                     classes, model.config.test.box_voting)
     timer.images += 1
-    return ImageDetections(np.asarray(kept_boxes[keep], np.float32), kept_scores[keep],
+    return ImageDetections(np.asarray(final_boxes, np.float32), kept_scores[keep],
                            classes[keep].astype(np.int64))

@@ -156,3 +156,19 @@ def test_svms_on_pool5_read_the_pooled_pyramid(tiny_trained, tmp_path, monkeypat
     assert found >= len(records) // 2, f"the top pool5 detection is a drawn shape in {found} of {len(records)}"
     with pytest.raises(ValueError, match="features must be one of"):
         make_config("cpu", {"svm.features": "conv5"})
+
+
+def test_box_voting_moves_boxes_but_keeps_scores_and_classes(tiny_trained):
+    path = tiny_trained[1] / "model.pt"
+    record = load_voc(tiny_trained[0], "train").records[2]
+    proposals = Detector.load(path).proposals(load_image(record.path))
+    results = {iou: detect(load_model(path, "cpu", overrides={"test.box_voting": iou}), record, proposals,
+                           StageTimer()) for iou in (0.0, 1.0, 0.5)}
+    off = results[0.0]
+    assert len(off.scores) > 0
+    for result in results.values():
+        np.testing.assert_array_equal(result.scores, off.scores)
+        np.testing.assert_array_equal(result.labels, off.labels)
+    # at IoU 1 only a box's exact duplicates vote: nothing moves; at 0.5 its neighbours pull it
+    np.testing.assert_allclose(results[1.0].boxes, off.boxes, atol=1e-3)
+    assert np.abs(results[0.5].boxes - off.boxes).max() > 0.5
