@@ -8,8 +8,9 @@ Every proposal is scored by every class (SVM margins on fc7, or the fc8 softmax)
 windows are moved by that class's box regressor (unless ``test.bbox_regression`` is off) and
 clipped to the image, then NMS at IoU 0.3 per class (``torchvision.ops.batched_nms``) and at most
 ``max_per_image`` detections per image by score; with ``test.box_voting`` each survivor's box is
-then the score-weighted mean of the overlapping windows of its class (``vote_boxes``). Windows scoring below ``score_threshold`` are
-dropped before regression and NMS: they could never reach the top 100 and would cost time. Seconds
+then the score-weighted mean of the overlapping windows of its class (``vote_boxes``).  Windows
+scoring below ``score_threshold`` are dropped before regression and NMS: they could never reach
+the top 100 and would cost time.  Seconds
 per stage are accumulated in a ``StageTimer`` so a test run can print where its time goes.
 """
 from __future__ import annotations
