@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="score windows with the SVMs (default, as the paper) or the fc8 softmax")
     parser.add_argument("--no-bbox-regression", dest="bbox_regression", action="store_false", default=None,
                         help="keep the windows where they are (the model's box regressors unused)")
+    parser.add_argument("--scales", type=int, nargs="+", metavar="S",
+                        help="short-side scales of the test conv maps, e.g. 480 576 688 864 1200 "
+                             "(default: the model's training scales)")
     parser.add_argument("--box-voting", type=float, metavar="IOU",
                         help="move each detection to the score-weighted mean of its class's windows "
                              "overlapping it by IoU >= IOU (box voting, MR-CNN); 0: off (default: the model's)")
@@ -85,6 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def model_overrides(args: argparse.Namespace) -> dict:
+    """The model settings the command line changes (those it leaves keep the model's values)."""
+    overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path,
+            "test.bbox_regression": args.bbox_regression, "test.box_voting": args.box_voting,
+            "scales": tuple(args.scales) if args.scales else None,
+            "proposals.source": str(args.proposals.resolve()) if args.proposals is not None else None}
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
 @record  # under torchrun, a failing rank's traceback is in the agent's report
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
@@ -99,15 +111,12 @@ def main(argv: list[str] | None = None) -> None:
             print(format_ap_table(metrics))
             print(f"wrote {args.eval_only / PR_CURVES_PNG}")
             return
-        overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path,
-                     "test.bbox_regression": args.bbox_regression, "test.box_voting": args.box_voting,
-                     "proposals.source": str(args.proposals.resolve()) if args.proposals is not None else None}
+        overrides = model_overrides(args)
         device = args.device
         if device is None and distributed.env_world_size() > 1:  # the backend follows the model's device
             device = config_from_dict(read_model_file(args.model)["config"]).device
         with process_group(device):
-            model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)),
-                               {k: v for k, v in overrides.items() if v is not None})
+            model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)), overrides)
             dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
             if args.images is not None:
                 dataset = dataset.first(args.images)

@@ -172,3 +172,20 @@ def test_box_voting_moves_boxes_but_keeps_scores_and_classes(tiny_trained):
     # at IoU 1 only a box's exact duplicates vote: nothing moves; at 0.5 its neighbours pull it
     np.testing.assert_allclose(results[1.0].boxes, off.boxes, atol=1e-3)
     assert np.abs(results[0.5].boxes - off.boxes).max() > 0.5
+
+
+def test_test_command_overrides_reach_the_model(tiny_trained):
+    """test_det.py --scales / --box-voting / --scorer change only what they name; the rest stays the model's."""
+    from detector.cli.test_det import model_overrides, parse_args
+
+    path = tiny_trained[1] / "model.pt"
+    args = parse_args(["--model", str(path), "--out", "o", "--scales", "160", "288", "--box-voting", "0.5"])
+    overrides = model_overrides(args)
+    assert overrides == {"scales": (160, 288), "test.box_voting": 0.5}
+    base, model = load_model(path, "cpu"), load_model(path, "cpu", overrides=overrides)
+    assert model.scales == (160, 288) and model.config.test.box_voting == 0.5
+    assert model.config.test.scorer == base.config.test.scorer and model.config.fc_width == base.config.fc_width
+    record = load_voc(tiny_trained[0], "train").records[2]
+    proposals = Detector.load(path).proposals(load_image(record.path))
+    result = detect(model, record, proposals, StageTimer())
+    assert len(result.scores) > 0 and np.isfinite(result.boxes).all()
