@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import os
 import resource
 from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
@@ -96,28 +95,11 @@ def release_freed_memory() -> None:
         libc.malloc_trim(ctypes.c_size_t(0))
 
 
-def resident_bytes() -> int:
-    """Resident memory of this process now (Linux ``/proc/self/statm``); 0 where unknown."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def trimming(items: Iterable[T], every: int = 100, growth_bytes: int = 2 * 2**30) -> Iterator[T]:
-    """Yield ``items``, handing the freed heap back (:func:`release_freed_memory`) every ``every``
-    items, and sooner once the resident size has grown ``growth_bytes`` since the last trim.
-
-    The growth check bounds what a count alone does not: at five scales (480 to 1200) each image
-    leaves holes of five map sizes, and two ``torchrun`` ranks computing the dilated Lite2's maps
-    of VOC dev_train grew to 10-11 GB resident each between trims (one trim: 11.2 -> 1.6 GB).
-    """
-    baseline = resident_bytes()
+def trimming(items: Iterable[T], every: int = 100) -> Iterator[T]:
+    """Yield ``items``, handing the freed heap back (:func:`release_freed_memory`) every ``every``."""
     for index, item in enumerate(items):
-        if index and (index % every == 0 or resident_bytes() - baseline > growth_bytes):
+        if index and index % every == 0:
             release_freed_memory()
-            baseline = resident_bytes()
         yield item
 
 

@@ -103,28 +103,3 @@ def test_mapping_large_blocks_maps_them_only_inside_the_block():
     out = subprocess.run([sys.executable, "-c", MAPPED_SCRIPT], capture_output=True, text=True, check=True)
     kept, inside, after = map(int, out.stdout.split())
     assert kept == 0 and inside >= 64_000_000 and after == 0, (kept, inside, after)
-
-
-def test_trimming_also_trims_once_the_resident_size_has_grown(monkeypatch):
-    from detector.core import runtime
-    # readings: the start; item 1; item 2; after its trim; item 3; item 4; after its trim
-    resident = iter([0, 0, 3 * 2**30, 2**30, 2**30, 4 * 2**30, 2**30])
-    calls = []
-    monkeypatch.setattr(runtime, "resident_bytes", lambda: next(resident))
-    monkeypatch.setattr(runtime, "release_freed_memory", lambda: calls.append(len(seen)))
-    seen = []
-    for item in runtime.trimming(range(5), growth_bytes=2 * 2**30):
-        seen.append(item)
-    # item 2: grew 3 GiB (trim; the baseline is now 1 GiB); item 3: no growth; item 4: grew 3 GiB
-    assert seen == list(range(5)) and calls == [2, 4]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc only")
-def test_resident_bytes_sees_a_new_array():
-    import numpy as np
-
-    from detector.core.runtime import resident_bytes
-    before = resident_bytes()
-    block = np.ones(50_000_000 // 8)  # 50 MB, every page touched
-    assert resident_bytes() - before > 40_000_000
-    del block
