@@ -61,11 +61,11 @@ _COLOUR_SPACES = {
     "lab": lambda bgr: cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab),
     "gray": lambda bgr: cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY),
 }
-_STRATEGY_FACTORIES = {
-    "colour": cv2.ximgproc.segmentation.createSelectiveSearchSegmentationStrategyColor,
-    "texture": cv2.ximgproc.segmentation.createSelectiveSearchSegmentationStrategyTexture,
-    "size": cv2.ximgproc.segmentation.createSelectiveSearchSegmentationStrategySize,
-    "fill": cv2.ximgproc.segmentation.createSelectiveSearchSegmentationStrategyFill,
+_STRATEGY_FACTORIES = {  # looked up at call time: importing needs no OpenCV contrib (cached proposals)
+    "colour": "createSelectiveSearchSegmentationStrategyColor",
+    "texture": "createSelectiveSearchSegmentationStrategyTexture",
+    "size": "createSelectiveSearchSegmentationStrategySize",
+    "fill": "createSelectiveSearchSegmentationStrategyFill",
 }
 
 
@@ -133,6 +133,12 @@ def _search_image(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
 
 def _configured_search(image_bgr: np.ndarray, mode: str) -> cv2.ximgproc.segmentation.SelectiveSearchSegmentation:
     """An OpenCV selective search object set up for ``mode`` on ``image_bgr``."""
+    if not hasattr(cv2, "ximgproc"):
+        raise RuntimeError(
+            f"selective search needs OpenCV's contrib modules (cv2.ximgproc), missing from OpenCV "
+            f"{cv2.__version__} at {cv2.__file__}: install opencv-contrib-python (and uninstall "
+            f"opencv-python and opencv-python-headless, which shadow it), or give proposals made "
+            f"elsewhere (--proposals)")
     segmentation = cv2.ximgproc.segmentation
     search = segmentation.createSelectiveSearchSegmentation()
     search.setBaseImage(image_bgr)
@@ -147,7 +153,7 @@ def _configured_search(image_bgr: np.ndarray, mode: str) -> cv2.ximgproc.segment
     for k in FAST.ks:
         search.addGraphSegmentation(segmentation.createGraphSegmentation(FAST.sigma, float(k), int(k)))
     for names in FAST.strategies:
-        parts = [_STRATEGY_FACTORIES[name]() for name in names]
+        parts = [getattr(segmentation, _STRATEGY_FACTORIES[name])() for name in names]
         search.addStrategy(segmentation.createSelectiveSearchSegmentationStrategyMultiple(*parts))
     return search
 

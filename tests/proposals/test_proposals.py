@@ -102,6 +102,14 @@ def test_selective_search_rejects_bad_input() -> None:
         selective_search(synthetic_image(), mode="slow")
 
 
+def test_selective_search_without_opencv_contrib_names_the_package(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With plain OpenCV (no ximgproc) the module still imports and the search says what to install."""
+    monkeypatch.delattr(cv2, "ximgproc")
+    with pytest.raises(RuntimeError, match="opencv-contrib-python"):
+        selective_search(synthetic_image())
+
+
 def test_unique_rounded_matches_naive_loop() -> None:
     rng = np.random.default_rng(0)
     base = rng.uniform(0, 50, (40, 4)).astype(np.float32)
