@@ -40,7 +40,7 @@ from detector.core.io import save_atomic
 from detector.core.locks import item_lock
 from detector.core.records import ImageRecord
 from detector.core.runtime import trimming
-from detector.features.backbones import Backbone
+from detector.features.backbones import Backbone, input_memory_format
 from detector.features.geometry import image_scale_factor
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,13 @@ def compute_conv_map(backbone: Backbone, image: np.ndarray, scale: int, flip: bo
                      max_side: int, device: str = "cpu", digest: str = "") -> ConvMap:
     """Run the trunk once on the image resized so its short side is ``scale``.
 
-    The batch is channels-last: oneDNN's depthwise convolutions want it (EfficientNet-Lite0 on
-    a 688 x 917 image, one thread: 1.6x faster than NCHW, same values); the map is stored C x h x w.
+    The batch's layout is ``input_memory_format(device)``; the map is stored C x h x w.
     """
     height, width = image.shape[:2]
     factor = image_scale_factor(height, width, scale, max_side)
     batch = backbone.prepare(image, factor, flip=flip).to(device)
     with torch.inference_mode():
-        features = backbone(batch.contiguous(memory_format=torch.channels_last))[0]
+        features = backbone(batch.contiguous(memory_format=input_memory_format(device)))[0]
     return ConvMap(features.to("cpu", torch.float16).contiguous().numpy(), factor, (width, height), digest)
 
 

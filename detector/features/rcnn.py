@@ -54,7 +54,7 @@ from detector.config import Config
 from detector.core.images import load_image
 from detector.core.records import ImageRecord
 from detector.core.timing import StageTimer
-from detector.features.backbones import Backbone
+from detector.features.backbones import Backbone, input_memory_format
 from detector.features.spp import SpatialPyramidPooling
 
 
@@ -178,7 +178,7 @@ class RCNNFeatures:
                 with _stage(timer, "conv"):
                     with _stage(timer, "warp"):
                         crops = warp_windows(normalised, plan.rows(start, stop))
-                        crops = crops.contiguous(memory_format=torch.channels_last)
+                        crops = crops.contiguous(memory_format=input_memory_format(self.device))
                     with _stage(timer, "trunk"):
                         maps = self.backbone(crops)
                 with _stage(timer, "pooling"):

@@ -19,6 +19,7 @@ from detector.features.backbones import (
     Backbone,
     WithinChannelLRN,
     build_backbone,
+    input_memory_format,
     layout_fc6,
     register_backbone,
     spp_fc_from_classifier,
@@ -293,6 +294,19 @@ def test_prepare_resizes_flips_and_normalises(trunks):
         np.testing.assert_allclose(batch[0].numpy().transpose(1, 2, 0), expected, atol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
         backbone.prepare(image.astype(np.float32), 1.0)
+
+
+def test_input_layout_is_channels_last_on_cpu_only_and_gives_the_same_map(trunks):
+    """The layout is a speed choice per device (see input_memory_format): both give one map."""
+    assert input_memory_format("cpu") == torch.channels_last
+    assert input_memory_format(torch.device("cuda", 0)) == torch.contiguous_format
+    backbone = trunks["efficientnet_lite0{'feature_stride': 16, 'dilated': True}"]
+    image = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    batch = backbone.prepare(image, 1.3)
+    with torch.inference_mode():
+        maps = [backbone(batch.contiguous(memory_format=layout))
+                for layout in (torch.channels_last, torch.contiguous_format)]
+    np.testing.assert_allclose(maps[0][0].numpy(), maps[1][0].numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_trunk_is_frozen_and_stays_in_eval_mode(trunks):
