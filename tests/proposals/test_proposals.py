@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -105,6 +107,8 @@ def test_selective_search_rejects_bad_input() -> None:
 def test_selective_search_without_opencv_contrib_names_the_package(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """With plain OpenCV (no ximgproc) the module still imports and the search says what to install."""
+    without_contrib = "import cv2; del cv2.ximgproc; import proposals.selective_search"
+    subprocess.run([sys.executable, "-c", without_contrib], check=True, cwd=Path(__file__).parents[2])
     monkeypatch.delattr(cv2, "ximgproc")
     with pytest.raises(RuntimeError, match="opencv-contrib-python"):
         selective_search(synthetic_image())
