@@ -39,6 +39,7 @@ from bbox_regression.config import BoxRegressorConfig
 from bbox_regression.training_pairs import select_training_pairs
 from bbox_regression.transforms import decode, encode
 from detector.core.boxes import clip_boxes
+from detector.core.integrity import arrays
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class BoxRegressor:
                           "target_std", "num_pairs"} - set(state))
         if missing:
             raise ValueError(f"box regressor state is missing {missing}")
+        state = arrays(state)  # tensors as a file holds them, arrays as a trainer made them
         return cls(
             feature_scale=float(np.asarray(state["feature_scale"])),
             classes=np.asarray(state["classes"], dtype=np.int64).copy(),

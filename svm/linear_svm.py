@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.svm import LinearSVC
 
+from detector.core.integrity import arrays
+
 
 def train_linear_svm(
     pos: np.ndarray,
@@ -107,6 +109,7 @@ class SVMModel:
         missing = {"weights", "biases", "feature_scale"} - set(state)
         if missing:
             raise ValueError(f"SVM state is missing {sorted(missing)}")
+        state = arrays(state)  # tensors as a file holds them, arrays as a trainer made them
         return cls(
             weights=np.array(state["weights"], dtype=np.float32),
             biases=np.array(state["biases"], dtype=np.float32),

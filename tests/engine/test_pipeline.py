@@ -200,7 +200,7 @@ def test_train_then_test_writes_devkit_files_and_metrics(tiny_demo, tmp_path):
                    capture_output=True)
     assert list(json.loads((tmp_path / "out" / "metrics_eval.json").read_text())["ap"]) == model.classes[:1]
     # a model file of the previous format (flat config, "sppnet-detector-v1") still loads, equal
-    state = torch.load(model_path, weights_only=False)
+    state = torch.load(model_path, weights_only=True)
     new_names = {new: old for old, new in LEGACY_KEYS.items()}
     flat = {new_names.get(key, key): value for key, value in model.config.flat().items()
             if key in new_names or "." not in key}
