@@ -18,7 +18,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from detector.benchmarks.distributed import bench_distributed, format_bench
-from detector.cli.common import add_dataset_arguments, dataset_from_args, error_line, process_group, setup_logging
+from detector.cli.common import add_dataset_arguments, dataset_from_args, error_line, process_group, setup_logging, tool_main
 from detector.config import config_from_dict
 from detector.core import distributed
 from detector.core.io import write_json_atomic
@@ -27,6 +27,7 @@ from detector.model.detector import read_model_file
 
 
 @record  # under torchrun, a failing rank's traceback is in the agent's report
+@tool_main("bench_distributed.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(parser, default_demo_split="test")

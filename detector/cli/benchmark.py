@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 
 from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model
-from detector.cli.common import add_dataset_arguments, dataset_from_args, error_line, setup_logging
+from detector.cli.common import add_dataset_arguments, dataset_from_args, error_line, setup_logging, tool_main
 from detector.config import make_config
 from detector.core.runtime import keep_freed_memory
 from detector.model.detector import load_model
 
 
+@tool_main("benchmark.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,13 +12,14 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from detector.cli.common import add_proposal_arguments, error_line, process_group, proposal_cache_from_args
+from detector.cli.common import add_proposal_arguments, error_line, process_group, proposal_cache_from_args, tool_main
 from detector.core import distributed
 from detector.data.voc import load_voc
 from proposals.cache import ComputeReport, compute_proposals
 
 
 @record  # under torchrun, a failing rank's traceback is in the agent's report
+@tool_main("compute_proposals.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_proposal_arguments(parser)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from detector.cli.common import add_proposal_arguments, proposal_cache_from_args
+from detector.cli.common import add_proposal_arguments, proposal_cache_from_args, tool_main
 from detector.data.voc import load_voc
 from proposals.cache import compute_proposals, search_timings
 from proposals.recall import proposal_recall
 
 
+@tool_main("proposal_recall.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_proposal_arguments(parser)

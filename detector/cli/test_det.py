@@ -32,6 +32,7 @@ from detector.cli.common import (
     error_line,
     process_group,
     setup_logging,
+    tool_main,
 )
 from detector.config import FEATURE_PATHS, config_from_dict
 from detector.core import distributed
@@ -99,6 +100,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
 
 
 @record  # under torchrun, a failing rank's traceback is in the agent's report
+@tool_main("test_det.py")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()

@@ -18,6 +18,7 @@ from detector.cli.common import (
     error_line,
     process_group,
     setup_logging,
+    tool_main,
 )
 from detector.core import distributed
 from detector.core.runtime import keep_freed_memory
@@ -25,6 +26,7 @@ from detector.engine.train import STOP_AFTER, train_detector
 
 
 @record  # under torchrun, a failing rank's traceback is in the agent's report
+@tool_main("train_det.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_dataset_arguments(parser, default_demo_split="train")

@@ -11,6 +11,7 @@ from detector.cli.common import (
     dataset_root_from_args,
     error_line,
     setup_logging,
+    tool_main,
 )
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
@@ -19,6 +20,7 @@ from detector.engine.window_accuracy import window_accuracy
 from detector.model.detector import load_model
 
 
+@tool_main("window_accuracy.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_dataset_arguments(parser, default_demo_split="test")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from detector.config import Config
+from detector.core.interrupt import current_stage
 from detector.core.io import write_json_atomic
 from detector.visualization.plots import plot_training_curves
 
@@ -99,9 +100,11 @@ class TrainingRecord:
         name = self.classes[row["class"]] if 0 <= row["class"] < len(self.classes) else str(row["class"])
         self._write({"stage": "svm", "class_name": name, **row})
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
         if not self.active:
             return
+        if error is not None:  # a refusal, a failure or an interruption, kept in train.log too
+            log.error("training stopped during %s: %s", current_stage(), str(error) or type(error).__name__)
         self._history.close()
         try:
             plot_training_curves(read_history(self.out_dir / HISTORY_FILE), self.out_dir / CURVES_FILE)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from detector.core import distributed
 from detector.core.detections import ImageDetections
+from detector.core.interrupt import set_stage
 from detector.core.io import write_json_atomic
 from detector.core.runtime import trimming
 from detector.core.timing import StageTimer
@@ -48,12 +49,14 @@ def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvalua
     to rank 0, which alone feeds ``evaluator`` (the other ranks' stays empty), and rank 0's timer
     sums every rank's seconds and images."""
     timer = StageTimer()
+    set_stage("proposals")
     with timer.stage("proposals"):
         proposals = load_proposals(dataset.root, dataset.records, model.config.proposals.method,
                                    model.config.proposals.max_side, model.config.proposals.workers,
                                    progress, model.config.proposals.source)
     missing = len(dataset.records) - len(proposals)
     found_here: list[tuple[int, ImageDetections]] = []
+    set_stage("detecting")
     mine = distributed.shard(list(enumerate(dataset.records)))
     bar = tqdm(mine, desc="detecting", disable=not progress or not distributed.is_main(), unit="img")
     for index, record in trimming(bar):
@@ -96,6 +99,7 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     timer = run_detector(model, dataset, keeper, progress)
     if not distributed.is_main():
         return distributed.broadcast_from_main(None)  # rank 0's metrics, once it has written every file
+    set_stage("writing results")
     detection_set = evaluator.detection_set()
     write_result_files(out_dir, dataset.split, detection_set, model.classes)
     write_json_atomic(out_dir / "detections_coco.json",

@@ -37,6 +37,7 @@ from detector.config import Config
 from detector.core import distributed
 from detector.core.integrity import seal
 from detector.core.io import save_checkpoint, write_json_atomic
+from detector.core.interrupt import set_stage
 from detector.core.paths import cache_root
 from detector.core.records import ImageRecord
 from detector.core.runtime import (
@@ -220,6 +221,7 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
         release_freed_memory()
 
     start = time.perf_counter()
+    set_stage("proposals")
     model = build_detector(config, dataset.classes, cache_root(dataset.root))
     backbone, spp, provider = model.backbone, model.spp, model.conv_maps
     check_scales(backbone, config.scales)
@@ -230,6 +232,7 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
     end_stage("proposals", start)
 
     stage = time.perf_counter()
+    set_stage("conv maps")
     flips = (False, True) if config.sampling.flip else (False,)
     map_stats = {"bytes_per_image": 0.0}
     if config.feature_path == "spp":
@@ -248,12 +251,14 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
     context = PoolingContext(provider, spp, backbone.geometry, tuple(config.scales),
                              normalise=backbone.pretrained_fc is None, rcnn=rcnn)
     stage = time.perf_counter()
+    set_stage("fine-tuning")
     finetune_stats = finetune(model.head, context, train, dataset.classes, config,
                               out_dir / "finetune.pt", progress, policy, history.finetune)
     end_stage("finetune", stage)
 
     classifiers_path = out_dir / "classifiers.pt"
     stage = time.perf_counter()
+    set_stage("SVMs and box regressors")
     record = None
     svm_stats: dict = {}
     if stop_after == "finetune":
@@ -267,6 +272,7 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
     if not distributed.is_main():
         distributed.barrier()  # returns once rank 0 has written model.pt and the summary
         return model_path
+    set_stage("writing the model")
     save_model(model_path, model, stages={"finetune": finetune_stats.get("record"), "classifiers": record})
     timings["total"] = time.perf_counter() - start
     summary = {"images": len(train), "skipped_images": skipped, "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
