@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.common import error_line, setup_logging
+from detector.cli.common import error_line, setup_logging, tool_main
 from detector.engine.ensemble import ensemble_result_dirs
 from detector.evaluation.voc_eval import format_ap_table
 
 
+@tool_main("ensemble.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voc-root", type=Path, required=True)

@@ -21,9 +21,10 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.cli.common import error_line, setup_logging
+from detector.cli.common import error_line, setup_logging, tool_main
 from detector.core.images import ImageReadError, load_image
 from detector.core.io import write_json_atomic
+from detector.engine.stages import check_writable
 from detector.inference.predictor import Detector
 from detector.visualization.draw import draw_detections, save_image
 from proposals.external import ExternalProposals
@@ -54,6 +55,20 @@ def drawn_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+def check_out_folder(out: Path, inputs: list[Path]) -> None:
+    """Refuse an ``out`` that is an input folder, the folder of an input file or holds an input (the
+    drawn copies would replace the photos), then check it is writable; before any work."""
+    resolved = out.resolve()
+    for item in inputs:
+        item = item.resolve()
+        folder = item if item.is_dir() else item.parent
+        if folder == resolved or resolved in item.parents:
+            raise ValueError(f"--out {out} holds the input {item}: its drawn copies would replace the "
+                             "images; write the predictions to another folder")
+    check_writable([out])
+
+
+@tool_main("predict.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model.pt written by tools/train_det.py")
@@ -68,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     try:
+        check_out_folder(args.out, args.inputs)
         detector = Detector.load(args.model, args.device, {"test.scorer": args.scorer} if args.scorer else None)
         external = ExternalProposals(args.proposals) if args.proposals is not None else None
     except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
@@ -86,12 +102,19 @@ def main(argv: list[str] | None = None) -> None:
             failed.append(str(path))
             continue
         name = drawn_name(path, taken)
-        save_image(args.out / name, draw_detections(image, found.boxes, found.scores, found.labels, detector.classes))
+        try:
+            save_image(args.out / name, draw_detections(image, found.boxes, found.scores, found.labels,
+                                                        detector.classes))
+        except OSError as error:  # full disk, folder removed: stop, naming the file
+            raise SystemExit(f"predict.py: {error_line(error)}") from error
         records.append({"file": str(path), "drawn": name, **found.to_dict()})
         print(f"{path}: {len(found)} detection(s) " + ", ".join(
             f"{n} {s:.2f}" for n, s in zip(found.class_names[:5], found.scores[:5])) + (" ..." if len(found) > 5 else ""))
     if records:
-        write_json_atomic(args.out / "detections.json", records)
+        try:
+            write_json_atomic(args.out / "detections.json", records)
+        except OSError as error:
+            raise SystemExit(f"predict.py: {error_line(error)}") from error
         print(f"wrote {args.out / 'detections.json'} and {len(records)} drawn image(s) in {args.out} "
               f"(score threshold {threshold:g})")
     if failed:

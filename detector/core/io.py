@@ -8,6 +8,7 @@ is reported as the path it could not write, not as a bare ``OSError``).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -64,7 +65,19 @@ def save_atomic(path: str | Path, save: Callable[[IO], Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """``torch.save`` a checkpoint or model file atomically."""
+    """``torch.save`` a checkpoint or model file atomically.  Torch's zip writer reports a failed
+    write (a full disk) as a ``RuntimeError`` ("enforce fail at inline_container.cc"): it becomes
+    the ``OSError`` naming ``path`` that every other failed write is (ENOSPC when under 1 MiB is
+    left)."""
     import torch
 
-    save_atomic(path, lambda handle: torch.save(state, handle))
+    def save(handle: IO) -> None:
+        try:
+            torch.save(state, handle)
+        except RuntimeError as error:
+            space = os.fstatvfs(handle.fileno())
+            if space.f_bavail * space.f_frsize < 2**20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from error
+            raise OSError(errno.EIO, f"torch's writer failed: {str(error).splitlines()[0][:160]}") from error
+
+    save_atomic(path, save)

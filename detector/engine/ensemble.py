@@ -133,6 +133,21 @@ def _evaluator(records: Sequence[ImageRecord], detection_set: dict[str, Detectio
     return evaluator
 
 
+def check_distinct_folders(result_dirs: Sequence[Path], out_dir: Path) -> None:
+    """Refuse a result folder given twice (a model merged with itself) and an ``out_dir`` that is one
+    of them (the merge would overwrite that model's results), naming the folder."""
+    seen: dict[Path, Path] = {}
+    for folder in result_dirs:
+        resolved = Path(folder).resolve()
+        if resolved in seen:
+            raise ValueError(f"result folder {folder} is given twice (as {seen[resolved]} too): a model "
+                             "merged with itself is still one model; give the folders of different models")
+        seen[resolved] = Path(folder)
+    if Path(out_dir).resolve() in seen:
+        raise ValueError(f"--out {out_dir} is one of the result folders; the merge would overwrite its "
+                         "results: write it to a new folder")
+
+
 def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path], out_dir: Path,
                          nms_iou: float = 0.3, max_per_image: int = 100,
                          use_07_metric: bool = True) -> dict:
@@ -141,6 +156,7 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     of the merge with ``"inputs"``: the mAP of each input folder."""
     if len(result_dirs) < 2:
         raise ValueError("give at least two result folders to combine")
+    check_distinct_folders(result_dirs, out_dir)
     check_same_origin(result_dirs, split, voc_root)
     classes = check_same_classes(result_dirs, split)
     dataset = load_voc(voc_root, split, classes)

@@ -390,7 +390,7 @@ def read_result_files(
     """Read the devkit result files of ``classes`` into a detection set.
 
     A class without a file gets no detections, and files of other classes are ignored (both
-    logged as warnings).  With ``image_ids``
+    logged as warnings); a folder with no file of any class is refused (ValueError).  With ``image_ids``
     (the split's ids), a line naming another image is a ValueError naming file and line.
     """
     out_dir = Path(out_dir)
@@ -400,6 +400,12 @@ def read_result_files(
     ignored = sorted(p.name for p in out_dir.glob(f"{prefix}*.txt") if p.stem[len(prefix):] not in classes)
     if ignored:
         logger.warning("result files of classes outside the class list are ignored: %s", ignored)
+    if not any(result_file(out_dir, split, name).is_file() for name in classes):
+        others = sorted(p.name for p in out_dir.glob("comp4_det_*.txt"))
+        raise ValueError(f"{out_dir} holds no result file {prefix}<class>.txt for any of the {len(classes)} "
+                         f"classes" + (f" (it has {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}: "
+                                       "another split?)" if others else "")
+                         + "; write them with tools/test_det.py --out")
     known = set(image_ids) if image_ids is not None else None
     detection_set = {}
     for name in classes:

@@ -90,3 +90,17 @@ def test_unusable_or_foreign_inputs_are_named_before_anything_is_written(demo, t
     with pytest.raises(ValueError, match="holds results on dataset"):
         ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_a_folder_twice_or_out_among_the_inputs_is_refused_before_writing(demo, tmp_path):
+    dataset = load_voc(demo, "test")
+    for name in ("a", "b"):
+        write_result_files(tmp_path / name, "test", _half_right(dataset, lambda i: True), dataset.classes)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    with pytest.raises(ValueError, match=f"result folder {tmp_path / 'link'} is given twice"):
+        ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "link"], tmp_path / "m")
+    with pytest.raises(ValueError, match=f"--out {tmp_path / 'a'} is one of the result folders"):
+        ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "a")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == before
+    assert not (tmp_path / "m").exists()

@@ -503,3 +503,11 @@ def test_match_image_agrees_with_the_evaluation(seed=4):
     for k in range(3):
         result = evaluate_class(detections(rows[k]), records, k)
         assert totals[k] == (round(result.recall[-1] * result.npos) if len(rows[k]) else 0)
+
+
+def test_a_folder_without_any_result_file_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path} holds no result file comp4_det_val_<class>.txt for any of the 2"):
+        read_result_files(tmp_path, "val", ["cat", "dog"], image_ids=["a"])
+    write_result_files(tmp_path, "test", {"cat": Detections.empty()}, ["cat"])  # another split's
+    with pytest.raises(ValueError, match="comp4_det_test_cat.txt: another split"):
+        read_result_files(tmp_path, "val", ["cat", "dog"], image_ids=["a"])

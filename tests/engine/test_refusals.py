@@ -1,0 +1,78 @@
+"""Outputs never overwrite inputs, and misuse ends in one line naming the path, before any work."""
+import shutil
+
+import pytest
+import torch
+from conftest import TINY
+
+from detector.cli import ensemble, predict, test_det, train_det
+from detector.core import io as io_module
+from detector.core.io import save_checkpoint
+from detector.inference.predictor import Detector
+
+
+def never_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the refusal")
+
+
+def test_predict_refuses_an_out_that_holds_its_inputs_before_loading_the_model(tiny_trained, tmp_path, monkeypatch):
+    root, run, _ = tiny_trained
+    photos = tmp_path / "photos"
+    shutil.copytree(root / "JPEGImages", photos)
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    monkeypatch.setattr(Detector, "load", never_load)
+    one = sorted(photos.iterdir())[0]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for inputs, out, expected in [([photos], photos, f"--out {photos} holds the input {photos}"),
+                                  ([one], photos, f"--out {photos} holds the input {one}"),
+                                  ([photos], tmp_path, f"--out {tmp_path} holds the input {photos}"),
+                                  ([photos], blocker / "out", f"cannot write in {blocker / 'out'}")]:
+        with pytest.raises(SystemExit) as stop:
+            predict.main(["--model", str(run / "model.pt"), *map(str, inputs), "--out", str(out)])
+        message = str(stop.value.code)
+        assert message.startswith("predict.py: ") and expected in message and "\n" not in message
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def test_predict_stops_in_one_line_when_a_drawn_copy_cannot_be_written(tiny_trained, tmp_path, monkeypatch):
+    root, run, _ = tiny_trained
+
+    def full_disk(path, data):
+        raise OSError(28, f"cannot write {path}: No space left on device")
+    monkeypatch.setattr("detector.visualization.draw.write_bytes_atomic", full_disk)
+    with pytest.raises(SystemExit, match=f"predict.py: cannot write {tmp_path / 'p'}.*No space left"):
+        predict.main(["--model", str(run / "model.pt"), str(sorted((root / "JPEGImages").iterdir())[0]),
+                      "--out", str(tmp_path / "p")])
+
+
+def test_eval_only_on_a_folder_without_result_files_is_refused(tiny_demo, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        test_det.main(["--voc-root", str(tiny_demo), "--split", "test", "--eval-only", str(tmp_path / "empty")])
+    assert str(stop.value.code) == (f"test_det.py: {tmp_path / 'empty'} holds no result file comp4_det_test_<class>.txt "
+                                    "for any of the 5 classes; write them with tools/test_det.py --out")
+    assert list((tmp_path / "empty").iterdir()) == []  # no metrics, no curves
+
+
+def test_ensemble_tool_refuses_one_folder_twice(tiny_demo, tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(SystemExit, match=f"ensemble.py: result folder {tmp_path / 'a'} is given twice"):
+        ensemble.main(["--voc-root", str(tiny_demo), "--split", "test", str(tmp_path / "a"), str(tmp_path / "a"),
+                       "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_full_disk_while_saving_a_state_file_names_it(tiny_demo, tmp_path, monkeypatch):
+    def zip_writer_fails(state, handle):  # what torch raises when the disk fills under its zip writer
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(torch, "save", zip_writer_fails)
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'x.pt'}: torch's writer failed: .enforce fail"):
+        save_checkpoint(tmp_path / "x.pt", {"a": 1})
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+    monkeypatch.setattr(io_module.os, "fstatvfs", lambda fd: type("Full", (), {"f_bavail": 0, "f_frsize": 4096})())
+    text = ",".join
+    with pytest.raises(SystemExit) as stop:
+        train_det.main(["--voc-root", str(tiny_demo), "--out", str(tmp_path / "run"), "--quiet", "--force", "--set",
+                        *(f"{k}={text(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items())])
+    assert str(stop.value.code) == f"train_det.py: cannot write {tmp_path / 'run' / 'finetune.pt'}: No space left on device"
