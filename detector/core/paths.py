@@ -15,3 +15,15 @@ def cache_root(voc_root: str | Path) -> Path:
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
     base = Path(os.environ.get("SPPNET_CACHE", "~/.cache/sppnet")).expanduser()
     return base / f"{resolved.name}-{digest}"
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` when it can be used as one file-name part (a class name, an image id, a split);
+    a ValueError naming ``what`` when it is empty, ``.``/``..``, or holds a path separator, a NUL or
+    another control character (it would escape or split the folder it is written to)."""
+    text = str(name)
+    if (text in ("", ".", "..") or "/" in text or "\\" in text
+            or any(ord(character) < 32 or ord(character) == 127 for character in text)):
+        raise ValueError(f"{what} {text!r} cannot be part of a file name (a path separator, '..', or a "
+                         "control character); rename it")
+    return text

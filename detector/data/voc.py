@@ -53,6 +53,7 @@ from tqdm import tqdm
 from detector.core.boxes import boxes_to_voc, clip_boxes, voc_to_boxes
 from detector.core.images import ImageReadError, image_size, unusable_shape
 from detector.core.io import write_bytes_atomic
+from detector.core.paths import check_name
 from detector.core.records import ImageRecord
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,9 @@ class VOCDataset:
 
 
 def split_file(root: str | Path, split: str) -> Path:
-    """Path of a split's id list: ``<root>/ImageSets/Main/<split>.txt``."""
-    return Path(root) / "ImageSets" / "Main" / f"{split}.txt"
+    """Path of a split's id list: ``<root>/ImageSets/Main/<split>.txt`` (a split name that is not a
+    plain file name is refused)."""
+    return Path(root) / "ImageSets" / "Main" / f"{check_name(split, 'split')}.txt"
 
 
 HOLDOUT_PARTS = ("fit", "holdout")  # ``SPLIT-fit`` / ``SPLIT-holdout``: SPLIT without / with its held-out fifth
@@ -139,6 +141,11 @@ def read_split_ids(root: str | Path, split: str) -> list[str]:
     for line in path.read_text(encoding="utf-8").splitlines():
         tokens = line.split()
         if not tokens:
+            continue
+        try:
+            check_name(tokens[0], f"split file {path}: image id")
+        except ValueError as error:
+            logger.warning("%s; skipped", error)
             continue
         if tokens[0] in seen:
             logger.warning("split file %s lists id %s more than once; using it once", path, tokens[0])
@@ -352,6 +359,8 @@ def _checked_class_list(classes: Sequence[str]) -> list[str]:
     names = [str(name).strip() for name in classes]
     if not names or any(not name for name in names):
         raise ValueError(f"class list {list(classes)!r} is empty or holds a blank name")
+    for name in names:
+        check_name(name, "class name")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"class list repeats {repeated}")
@@ -385,6 +394,8 @@ def load_voc(root: str | Path, split: str, classes: Sequence[str] | None = None)
 
     if class_list is None:
         class_list = _class_names(annotations.values())
+        for name in class_list:
+            check_name(name, f"class name (in the annotations of {root} split {split})")
     class_index = {name: i for i, name in enumerate(class_list)}
 
     image_names = _image_index(root / "JPEGImages")

@@ -49,6 +49,7 @@ import numpy as np
 from detector.core.boxes import boxes_to_voc, iou_matrix, voc_to_boxes
 from detector.core.detections import Detections, DetectionSet, check_class_names
 from detector.core.io import write_json_atomic, write_text_atomic
+from detector.core.paths import check_name
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
 from detector.evaluation.coco_eval import COCO_METRICS, coco_metrics
@@ -75,6 +76,8 @@ def read_classes_file(result_dir: str | Path) -> dict | None:
         found = json.loads(path.read_text())
         if not isinstance(found.get("classes"), list) or not all(isinstance(c, str) for c in found["classes"]):
             raise ValueError("no list of class names under 'classes'")
+        for name in found["classes"]:
+            check_name(name, "class name")
     except (OSError, ValueError, AttributeError) as error:
         raise ValueError(f"{path} is not a readable class list ({error}); delete it or rerun tools/test_det.py") \
             from error
@@ -322,8 +325,9 @@ def write_pr_curves_json(path: str | Path, curves: Mapping) -> None:
 
 
 def result_file(out_dir: str | Path, split: str, class_name: str) -> Path:
-    """Path of one class's devkit result file: ``<out_dir>/comp4_det_<split>_<class>.txt``."""
-    return Path(out_dir) / f"comp4_det_{split}_{class_name}.txt"
+    """Path of one class's devkit result file: ``<out_dir>/comp4_det_<split>_<class>.txt`` (a split or
+    class name that is not a plain file-name part is refused, so no name leaves ``out_dir``)."""
+    return Path(out_dir) / f"comp4_det_{check_name(split, 'split')}_{check_name(class_name, 'class name')}.txt"
 
 
 def write_result_files(
@@ -396,7 +400,7 @@ def read_result_files(
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"result folder {out_dir} not found")
-    prefix = result_file(out_dir, split, "").name.removesuffix(".txt")
+    prefix = f"comp4_det_{check_name(split, 'split')}_"
     ignored = sorted(p.name for p in out_dir.glob(f"{prefix}*.txt") if p.stem[len(prefix):] not in classes)
     if ignored:
         logger.warning("result files of classes outside the class list are ignored: %s", ignored)

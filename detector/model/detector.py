@@ -28,6 +28,7 @@ from bbox_regression.ridge import BoxRegressor
 from detector.config import Config, config_from_dict, upgrade_legacy
 from detector.core.integrity import StateFileError, load_checked, seal
 from detector.core.io import save_checkpoint
+from detector.core.paths import check_name
 from detector.core.runtime import check_device
 from detector.features.backbones import Backbone, build_backbone
 from detector.features.convmaps import CACHE_VERSION, ConvMapCache, ConvMapProvider, backbone_fingerprint
@@ -129,6 +130,11 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     state = load_checked(path, "model file", REMEDY, unsealed_ok=lambda s: s.get("format") in LEGACY_FORMATS)
     if state.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise StateFileError(f"{path} is not a {FORMAT} model file; {REMEDY}")
+    try:
+        for name in state["classes"]:
+            check_name(name, "class name")
+    except ValueError as error:
+        raise StateFileError(f"{path}: {error}") from None
     if state["format"] in LEGACY_FORMATS:
         state = {**state, "config": upgrade_legacy(state["config"]), "format": FORMAT}
     return state

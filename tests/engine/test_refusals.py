@@ -1,4 +1,5 @@
 """Outputs never overwrite inputs, and misuse ends in one line naming the path, before any work."""
+import json
 import shutil
 
 import pytest
@@ -76,3 +77,48 @@ def test_a_full_disk_while_saving_a_state_file_names_it(tiny_demo, tmp_path, mon
         train_det.main(["--voc-root", str(tiny_demo), "--out", str(tmp_path / "run"), "--quiet", "--force", "--set",
                         *(f"{k}={text(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items())])
     assert str(stop.value.code) == f"train_det.py: cannot write {tmp_path / 'run' / 'finetune.pt'}: No space left on device"
+
+
+@pytest.mark.parametrize("name", ["../../../ESCAPED", "cat/dog", "..", "a\\b", "tab\there", ""])
+def test_names_that_would_leave_a_folder_are_refused_where_they_become_paths(tmp_path, name):
+    from detector.core.paths import check_name
+    from detector.evaluation.voc_eval import read_classes_file, result_file
+    with pytest.raises(ValueError, match="class name .* cannot be part of a file name"):
+        result_file(tmp_path, "test", name)
+    with pytest.raises(ValueError, match="split .* cannot be part of a file name"):
+        result_file(tmp_path, name, "cat")
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": ["cat", name], "split": "test"}))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'classes.json'} is not a readable class list"):
+        read_classes_file(tmp_path)
+    assert check_name("person", "class name") == "person" and check_name("2008_000123", "image id")
+
+
+def test_unsafe_ids_classes_and_model_classes_are_refused(tiny_demo, tiny_trained, tmp_path, caplog):
+    from detector.core.integrity import read_state, seal
+    from detector.data.voc import load_voc, read_split_ids
+    from detector.model.detector import load_model
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_demo, root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "000061.xml").write_text("<annotation>never parsed</annotation>")
+    ids = read_split_ids(root, "train")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(["../../outside/000061", *ids]) + "\n")
+    assert read_split_ids(root, "train") == ids
+    assert "image id '../../outside/000061' cannot be part of a file name" in caplog.text
+    with pytest.raises(ValueError, match="split '../x' cannot"):
+        load_voc(root, "../x")
+    with pytest.raises(ValueError, match="class name 'cat/dog' cannot"):
+        load_voc(root, "train", classes=["cat/dog"])
+    first = root / "Annotations" / f"{ids[0]}.xml"
+    text = first.read_text()
+    name = text.split("<name>")[1].split("</name>")[0]
+    first.write_text(text.replace(f"<name>{name}</name>", "<name>../../../ESCAPED</name>", 1))
+    with pytest.raises(ValueError, match="class name .in the annotations.*'../../../ESCAPED' cannot"):
+        load_voc(root, "train")
+    _, run, _ = tiny_trained
+    state = read_state(run / "model.pt")
+    state = seal({**{k: v for k, v in state.items() if k != "checksum"}, "classes": ["../x", *state["classes"][1:]]})
+    torch.save(state, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'model.pt'}: class name '../x' cannot"):
+        load_model(tmp_path / "model.pt")
