@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     records, failed, taken = [], [], set()
     for path in files:
         try:
-            image = load_image(path)
+            image = load_image(path, exif_orientation=True)
             height, width = image.shape[:2]
             boxes = external.load(path.stem, width, height) if external is not None else None
             found = detector.predict(image, threshold, proposals=boxes)

@@ -5,9 +5,11 @@ Decisions:
   RGBA / LA (alpha dropped, not composited), CMYK and 16-bit images into RGB uint8 H x W x 3
   in one call.  Reading the bytes with ``numpy.fromfile`` keeps any path (non-ASCII too)
   working.
-- EXIF orientation is ignored (``IMREAD_IGNORE_ORIENTATION``): annotations are taken to be
-  in the stored pixel grid, as in PASCAL VOC, and ``image_size`` (PIL header, which also
-  ignores it) must agree with ``load_image``.
+- EXIF orientation is ignored by default (``IMREAD_IGNORE_ORIENTATION``): annotations are taken
+  to be in the stored pixel grid, as in PASCAL VOC, and ``image_size`` (PIL header, which also
+  ignores it) must agree with ``load_image``.  Photos given to a trained model
+  (``predict.py``, ``Detector.predict`` on a path) are read with ``exif_orientation=True``:
+  turned as an image viewer shows them, so boxes and drawings match what the user sees.
 - ``image_size`` reads only the header with PIL (lazy open, about 0.3 ms per JPEG), so a
   dataset's sizes can be checked without decoding every image.  Formats PIL cannot read
   fall back to a full decode.
@@ -60,12 +62,14 @@ def _read_bytes(path: Path) -> np.ndarray:
     return data
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 H x W x 3 (see the module notes on conversions)."""
+def load_image(path: str | Path, exif_orientation: bool = False) -> np.ndarray:
+    """Decode an image file to RGB uint8 H x W x 3 (see the module notes on conversions), in the
+    stored pixel grid or, with ``exif_orientation``, turned by its EXIF orientation as viewers do."""
     path = Path(path)
     data = _read_bytes(path)
+    flags = cv2.IMREAD_COLOR_RGB if exif_orientation else _DECODE_FLAGS
     try:
-        image = cv2.imdecode(data, _DECODE_FLAGS)
+        image = cv2.imdecode(data, flags)
     except cv2.error as error:
         raise ImageReadError(path, f"decoder error: {error}") from error
     if image is None:

@@ -72,7 +72,7 @@ def default_score_threshold(scorer: str) -> float:
 def as_rgb(image: Any) -> tuple[np.ndarray, Path | None]:
     """RGB uint8 H x W x 3 pixels of a path or an array (a path is returned too), else a ValueError."""
     if isinstance(image, (str, Path)):
-        return load_image(image), Path(image)
+        return load_image(image, exif_orientation=True), Path(image)
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 1:
         raise ValueError(f"an image must be a path or an RGB uint8 H x W x 3 array, got {array.dtype} {array.shape}")

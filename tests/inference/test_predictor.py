@@ -190,3 +190,25 @@ def test_test_command_overrides_reach_the_model(tiny_trained):
     proposals = Detector.load(path).proposals(load_image(record.path))
     result = detect(model, record, proposals, StageTimer())
     assert len(result.scores) > 0 and np.isfinite(result.boxes).all()
+
+
+def test_photos_are_read_turned_by_their_exif_orientation(tiny_trained, tmp_path):
+    """A phone photo stored 60 x 40 with EXIF orientation 6 (turn 90 degrees clockwise) is shown 40 x
+    60 by viewers: predict works and draws in that grid; datasets keep the stored grid."""
+    from PIL import Image
+
+    from detector.cli import predict as predict_tool
+    from detector.core.images import image_size, load_image
+    _, run, _ = tiny_trained
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :30] = 255  # left half white in the stored grid: the top half once turned
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    shown = load_image(tmp_path / "phone.jpg", exif_orientation=True)
+    assert shown.shape == (60, 40, 3) and shown[:25].mean() > 200 and shown[35:].mean() < 50
+    assert load_image(tmp_path / "phone.jpg").shape == (40, 60, 3) and image_size(tmp_path / "phone.jpg") == (60, 40)
+    predict_tool.main(["--model", str(run / "model.pt"), str(tmp_path / "phone.jpg"), "--out", str(tmp_path / "out")])
+    record = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
+    assert (record["width"], record["height"]) == (40, 60)
+    assert load_image(tmp_path / "out" / "phone.jpg").shape == (60, 40, 3)
