@@ -21,6 +21,7 @@ from torchvision.ops import batched_nms
 from detector.core.detections import Detections
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
+from detector.engine.record import begin_result_folder, finish_result_folder
 from detector.engine.test import write_pr_curves
 from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import (
@@ -166,10 +167,12 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
               for d, s in zip(result_dirs, sets)}
     merged = cap_per_image({c: merge_detections([s[c] for s in sets], nms_iou) for c in classes},
                            max_per_image)
+    begin_result_folder(out_dir, {"merged": [str(Path(d).resolve()) for d in result_dirs]})
     write_result_files(out_dir, split, merged, classes)
     write_classes_file(out_dir, classes, split, voc_root)
     evaluator = _evaluator(dataset.records, merged, classes, use_07_metric)
     metrics = {"split": split, **evaluator.evaluate(), "inputs": inputs}
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"merge of {len(result_dirs)} models, {split}")
+    finish_result_folder(out_dir)
     return metrics

@@ -114,3 +114,27 @@ class TrainingRecord:
         root.removeHandler(self._handler)
         root.setLevel(self._root_level)
         self._handler.close()
+
+
+RUN_FILE = "run.json"  # a result folder's state: {"status", "made_by", "started", "finished"}
+RESULT_PATTERNS = ("comp4_det_*.txt", "detections_coco.json", "metrics.json", "metrics_eval.json",
+                   "pr_curves.json", "pr_curves.png", "classes.json")
+
+
+def begin_result_folder(out_dir: Path, made_by: dict[str, Any]) -> None:
+    """Mark ``out_dir`` incomplete in ``run.json`` (``made_by``: the model file and its checksum, or
+    the merged folders), then remove an earlier run's results (``RESULT_PATTERNS``): a folder holds
+    one run's outputs, complete (``finish_result_folder``) or visibly not, never two runs mixed."""
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / RUN_FILE, {"status": "incomplete", "made_by": made_by,
+                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    for pattern in RESULT_PATTERNS:
+        for stale in out_dir.glob(pattern):
+            stale.unlink()
+
+
+def finish_result_folder(out_dir: Path) -> None:
+    """Mark ``out_dir``'s run complete in ``run.json`` (after its last output is written)."""
+    path = Path(out_dir) / RUN_FILE
+    state = json.loads(path.read_text())
+    write_json_atomic(path, {**state, "status": "complete", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -24,6 +24,7 @@ from detector.core.io import write_json_atomic
 from detector.core.runtime import trimming
 from detector.core.timing import StageTimer
 from detector.data.voc import VOCDataset
+from detector.engine.record import begin_result_folder, finish_result_folder
 from detector.engine.show import KeepFirst, draw_test_images
 from detector.engine.stages import check_writable
 from detector.evaluation.coco_eval import detections_to_coco_json
@@ -92,7 +93,9 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     (pr_curves.json, pr_curves.png), and return the metrics; with ``show_dir``, also draw the
     first ``show`` images (``detector.engine.show``)."""
     check_writable([out_dir] + ([show_dir] if show_dir is not None else []))
+    made_by = {"model": model.source or {"path": None, "checksum": None}}
     if distributed.is_main():
+        begin_result_folder(out_dir, made_by)
         write_classes_file(out_dir, model.classes, dataset.split, dataset.root)
     evaluator = VOCEvaluator(model.classes, use_07_metric)
     keeper = KeepFirst(evaluator, show if show_dir is not None else 0)
@@ -107,11 +110,12 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     metrics = evaluator.evaluate()
     metrics["seconds_per_image"] = timer.per_image()
     metrics.update({"split": dataset.split, "dataset": str(dataset.root), "classes": list(model.classes),
-                    "skipped_images": timer.skipped})
+                    "skipped_images": timer.skipped, **made_by})
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"{dataset.split} ({len(dataset.records)} images)")
     if show_dir is not None:
         draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir)
+    finish_result_folder(out_dir)
     return distributed.broadcast_from_main(metrics)
 
 

@@ -53,6 +53,7 @@ class DetectorModel:
     svm: SVMModel | None
     regressor: BoxRegressor | None
     conv_maps: ConvMapProvider
+    source: dict[str, Any] | None = None  # the model file it was loaded from: {"path", "checksum"}
 
     @property
     def scales(self) -> tuple[int, ...]:
@@ -154,4 +155,6 @@ def load_model(path: str | Path, device: str | None = None, cache_dir: str | Pat
     if config.test.scorer == "svm" and state["svm"] is None:
         raise ValueError(f"{path} has no SVMs (trained with --stop-after finetune); score with the fc8 "
                          "softmax (--scorer softmax)")
-    return build_detector(config, state["classes"], cache_dir, state)
+    model = build_detector(config, state["classes"], cache_dir, state)
+    model.source = {"path": str(Path(path).resolve()), "checksum": state.get("checksum")}
+    return model

@@ -77,3 +77,33 @@ def test_external_proposals_are_used_by_testing_and_bad_ones_refused(tiny_traine
 
 def _result_lines(folder):
     return [p.read_text().splitlines() for p in folder.glob("comp4_det_*.txt")]
+
+
+def test_a_result_folder_is_one_complete_run_or_visibly_incomplete(tiny_trained, tmp_path, monkeypatch):
+    from detector.core.paths import cache_root
+    from detector.data.voc import load_voc
+    from detector.engine import test as test_module
+    from detector.engine.test import test_detector
+    from detector.model.detector import load_model, read_model_file
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    model = load_model(run / "model.pt", cache_dir=cache_root(root))
+    dataset = load_voc(root, "test", classes=model.classes)
+    out = tmp_path / "out"
+    metrics = test_detector(model, dataset, out, progress=False)
+    state = json.loads((out / "run.json").read_text())
+    checksum = read_model_file(run / "model.pt")["checksum"]
+    assert state["status"] == "complete" and state["made_by"]["model"]["checksum"] == checksum
+    assert metrics["model"] == {"path": str((run / "model.pt").resolve()), "checksum": checksum}
+    assert json.loads((out / "metrics.json").read_text())["model"]["checksum"] == checksum
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(test_module, "write_result_files", disk_full)  # the next run fails mid-way
+    model.source = {"path": "other.pt", "checksum": "f" * 64}
+    with pytest.raises(OSError):
+        test_detector(model, dataset, out, progress=False)
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "incomplete" and state["made_by"]["model"]["checksum"] == "f" * 64
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["classes.json", "run.json"], left  # nothing of the earlier run beside it
