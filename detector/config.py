@@ -345,6 +345,10 @@ def check_config(config: Config) -> None:
         problems.append(f"fc6_rank must be a positive rank or None, got {config.fc6_rank}")
     if not config.scales or min(config.scales) <= 0:
         problems.append(f"scales must be positive, got {config.scales}")
+    elif max(config.scales) > config.max_side:
+        problems.append(f"scale {max(config.scales)} is above max_side {config.max_side}, the cap on a resized "
+                        f"image's long side: it would give the same maps as {config.max_side}; use scales up to "
+                        "max_side (or raise max_side)")
     if config.fc_width < 1 or config.max_side < 1 or not 0 <= config.dropout < 1:
         problems.append(f"fc_width and max_side must be >= 1 and dropout in [0, 1), got "
                         f"{config.fc_width}, {config.max_side}, {config.dropout}")

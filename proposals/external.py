@@ -9,7 +9,8 @@ Formats (``source`` is a folder or a file):
 
 Coordinates are 0-based continuous pixels of the original image, as everywhere in this project
 (a VOC-style 1-based inclusive box ``xmin ymin xmax ymax`` is ``xmin-1, ymin-1, xmax, ymax``),
-ranked best first if the method ranks them.  An image may have no proposals (an empty list).
+ranked best first if the method ranks them.  An image may have no proposals (an empty list),
+said in a warning naming the file and the image id.
 
 Decisions:
 - Boxes are checked on read as the selective-search cache is (finite, ``x1 < x2``,
@@ -23,6 +24,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,8 @@ from detector.core.boxes import box_problems
 from detector.core.records import ImageRecord
 from proposals.cache import escape_image_id, load_or_compute_proposals
 
+log = logging.getLogger(__name__)
+
 
 def check_boxes(boxes: object, width: int, height: int, where: str) -> np.ndarray:
     """Float32 M x 4 boxes, or a ValueError naming ``where`` (file and image id) and the problem."""
@@ -41,6 +45,7 @@ def check_boxes(boxes: object, width: int, height: int, where: str) -> np.ndarra
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: boxes must be a list of [x1, y1, x2, y2] numbers ({error})") from error
     if array.size == 0:
+        log.warning("%s: no proposals: the image gets no detections and gives no training windows", where)
         return np.zeros((0, 4), np.float32)
     if array.ndim != 2 or array.shape[1] != 4:
         raise ValueError(f"{where}: boxes must be a list of [x1, y1, x2, y2], got shape {array.shape}")

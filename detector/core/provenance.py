@@ -16,6 +16,10 @@ from typing import Any, Callable, Mapping
 log = logging.getLogger(__name__)
 
 
+class StageRefused(ValueError):
+    """``--resume`` found a stage file made with other settings or inputs: the run stops, changing nothing."""
+
+
 def make_record(settings: Mapping[str, Any], classes: list[str], trunk: str,
                 inputs: Mapping[str, str]) -> dict[str, Any]:
     """A provenance record, JSON-normalised (tuples as lists) so that saved and new ones compare equal."""
@@ -57,7 +61,7 @@ def reusable_state(path: Path, read: Callable[[Path], dict[str, Any]], record: M
     if not changed:
         return state
     if policy == "resume":
-        raise ValueError(f"{path} was made with other settings or inputs ({'; '.join(changed)}); use "
+        raise StageRefused(f"{path} was made with other settings or inputs ({'; '.join(changed)}); use "
                          f"another --out, or rerun without --resume to redo the {what}")
     log.warning("%s: %s was made with other settings or inputs (%s); doing it again", what, path, "; ".join(changed))
     return None

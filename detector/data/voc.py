@@ -93,6 +93,7 @@ class VOCDataset:
     classes: list[str]
     records: list[ImageRecord]
     problems: list[str]
+    skipped: int = 0  # images of the split file refused by the loader (named in ``problems``)
 
     def first(self, count: int) -> "VOCDataset":
         """The split cut to its first ``count`` images (quick runs on a subset; evaluation then
@@ -416,7 +417,8 @@ def load_voc(root: str | Path, split: str, classes: Sequence[str] | None = None)
         "VOC %s/%s: %d images, %d objects, %d classes, %d problems",
         root, split, len(records), sum(len(r.boxes) for r in records), len(class_list), len(problems),
     )
-    return VOCDataset(root=root, split=split, classes=class_list, records=records, problems=problems)
+    return VOCDataset(root=root, split=split, classes=class_list, records=records, problems=problems,
+                      skipped=len(ids) - len(records))
 
 
 def write_voc_annotation(

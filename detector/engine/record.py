@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 from detector.config import Config
 from detector.core.interrupt import current_stage
-from detector.core.io import write_json_atomic
+from detector.core.io import write_json_atomic, write_text_atomic
+from detector.core.provenance import StageRefused
 from detector.visualization.plots import plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,14 @@ class TrainingRecord:
         self._handler: logging.FileHandler | None = None
         self._history = None
         self._root_level = logging.WARNING
+        self._earlier_config: str | None = None
 
     def __enter__(self) -> TrainingRecord:
         if not self.active:
             return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        earlier = self.out_dir / CONFIG_FILE
+        self._earlier_config = earlier.read_text(encoding="utf-8") if earlier.is_file() else None
         write_json_atomic(self.out_dir / CONFIG_FILE, self.config.to_dict())
         root = logging.getLogger()
         self._handler = logging.FileHandler(self.out_dir / LOG_FILE, encoding="utf-8")
@@ -105,6 +109,11 @@ class TrainingRecord:
             return
         if error is not None:  # a refusal, a failure or an interruption, kept in train.log too
             log.error("training stopped during %s: %s", current_stage(), str(error) or type(error).__name__)
+            if isinstance(error, StageRefused):  # nothing was trained: config.json describes the folder again
+                if self._earlier_config is not None:
+                    write_text_atomic(self.out_dir / CONFIG_FILE, self._earlier_config)
+                else:
+                    (self.out_dir / CONFIG_FILE).unlink(missing_ok=True)
         self._history.close()
         try:
             plot_training_curves(read_history(self.out_dir / HISTORY_FILE), self.out_dir / CURVES_FILE)

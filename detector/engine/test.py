@@ -1,8 +1,8 @@
 """Testing a trained detector on a split: detections, devkit result files, COCO JSON, metrics.
 
 ``out_dir`` is checked writable before any detection.  An image that fails (decode, trunk,
-pooling) is logged naming its file and skipped (its GT boxes still count, as misses); the count is
-``skipped_images`` in ``metrics.json``.  ``classes.json`` beside the results records the model's
+pooling) is logged naming its file and skipped (its GT boxes still count, as misses); the count,
+with the images the loader refused, is ``skipped_images`` in ``metrics.json``.  ``classes.json`` beside the results records the model's
 class list, the split and the dataset folder, so that ``--eval-only`` and ``tools/ensemble.py``
 use the classes the results were made for (``detector.evaluation.voc_eval.CLASSES_FILE``).
 
@@ -110,7 +110,7 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     metrics = evaluator.evaluate()
     metrics["seconds_per_image"] = timer.per_image()
     metrics.update({"split": dataset.split, "dataset": str(dataset.root), "classes": list(model.classes),
-                    "skipped_images": timer.skipped, **made_by})
+                    "skipped_images": timer.skipped + dataset.skipped, **made_by})
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"{dataset.split} ({len(dataset.records)} images)")
     if show_dir is not None:

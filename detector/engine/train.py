@@ -226,7 +226,7 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
     backbone, spp, provider = model.backbone, model.spp, model.conv_maps
     check_scales(backbone, config.scales)
     train = training_windows(dataset, config, progress)
-    skipped = {"proposals": len(dataset.records) - len(train)}
+    skipped = {"loader": dataset.skipped, "proposals": len(dataset.records) - len(train)}
     if not train:
         raise ValueError(f"no usable training image in {dataset.root} split {dataset.split}")
     end_stage("proposals", start)
@@ -252,6 +252,9 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
                              normalise=backbone.pretrained_fc is None, rcnn=rcnn)
     stage = time.perf_counter()
     set_stage("fine-tuning")
+    if config.finetune.iterations == 0 and backbone.pretrained_fc is None:
+        log.warning("finetune.iterations=0: the fc layers keep their random initialisation (this trunk has no "
+                    "pretrained fc), so the SVMs and box regressors train on random features")
     finetune_stats = finetune(model.head, context, train, dataset.classes, config,
                               out_dir / "finetune.pt", progress, policy, history.finetune)
     end_stage("finetune", stage)

@@ -377,12 +377,17 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
             head, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
             if device.type == "cuda" else None)
 
+    def kept() -> str:
+        """What a diverged run leaves behind, for its message."""
+        if checkpoint_path.exists():
+            return f"{checkpoint_path} keeps its last finite state and is not complete"
+        return f"no checkpoint was written yet (finetune.checkpoint_every={config.finetune.checkpoint_every})"
+
     def checkpoint(iteration: int) -> str:
         """Save a sealed checkpoint (never of a non-finite head); returns its checksum."""
         if not _finite(head):
             raise ValueError(f"fine-tuning diverged before iteration {iteration}: the fc weights are not "
-                             f"finite; lower finetune.lr (now {config.finetune.lr}); {checkpoint_path} "
-                             "keeps its last finite state")
+                             f"finite; lower finetune.lr (now {config.finetune.lr}); {kept()}")
         sealed = seal({
             "head": head.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "iteration": iteration,
@@ -421,8 +426,7 @@ def finetune(head: SPPHead, context: PoolingContext, train: Sequence[ImageWindow
                 loss_value, counts = _sum_over_ranks(loss, hits, y)
             if not math.isfinite(loss_value):
                 raise ValueError(f"fine-tuning diverged at iteration {iteration + 1}: loss is {loss_value}; "
-                                 f"lower finetune.lr (now {config.finetune.lr}); {checkpoint_path} keeps its "
-                                 "last finite state and is not complete")
+                                 f"lower finetune.lr (now {config.finetune.lr}); {kept()}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -107,7 +107,8 @@ def test_training_and_testing_skip_the_images_that_fail_and_count_them(bad_datas
     dataset = load_voc(root, "bad", classes)
     model_path = train_detector(dataset, make_config("cpu", TINY), tmp_path / "run", progress=False)
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    assert summary["skipped_images"] == {"proposals": 1, "conv_maps": 0}
+    assert dataset.skipped == 4  # zero_byte, sliver, malformed, no_xml
+    assert summary["skipped_images"] == {"loader": 4, "proposals": 1, "conv_maps": 0}
     assert summary["images"] == len(dataset.records) - 1
     assert str(root / "JPEGImages" / "truncated.jpg") in caplog.text
     model = load_model(model_path)
@@ -115,6 +116,6 @@ def test_training_and_testing_skip_the_images_that_fail_and_count_them(bad_datas
     with pytest.raises(OSError, match=f"cannot write in {tmp_path / 'a_file' / 'out'}"):
         test_detector(model, dataset, tmp_path / "a_file" / "out", progress=False)  # before any detection
     metrics = test_detector(model, dataset, tmp_path / "out", progress=False)
-    assert metrics["skipped_images"] == 1 and set(metrics["ap"]) == set(classes)
+    assert metrics["skipped_images"] == 1 + 4 and set(metrics["ap"]) == set(classes)
     written = json.loads((tmp_path / "out" / "classes.json").read_text())
     assert written["classes"] == classes and written["split"] == "bad"

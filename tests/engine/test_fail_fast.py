@@ -48,6 +48,7 @@ def test_bad_paths_and_settings_are_one_line_messages_before_any_work(tiny_demo,
         ("--out", str(blocker / "run"), "--set", *small): f"cannot write in {blocker / 'run'}: Not a directory",
         ("--backbone", "nope", "--set", *small): "unknown backbone 'nope'",
         ("--scales", "1", "--set", *small): "scale 1 is too small for backbone 'efficientnet_lite2'",
+        ("--scales", "688", "100000", "--set", *small): "scale 100000 is above max_side 2000",
         ("--set", "finetune.lr=nan", *small): "finetune.lr must be finite",
         ("--set", "finetune.batch_size=0", *small): "finetune.batch_size",
         ("--set", "finetune.checkpoint_every=0", *small): "finetune.checkpoint_every",
@@ -76,8 +77,13 @@ def test_a_diverging_loss_stops_at_its_iteration_and_is_never_complete(tiny_demo
         return loss * float("nan") if calls["n"] >= 13 else loss
 
     monkeypatch.setattr(F, "cross_entropy", diverging)
-    with pytest.raises(ValueError, match="diverged at iteration 13: loss is nan"):
+    with pytest.raises(ValueError, match="diverged at iteration 13: loss is nan.*finetune.pt keeps its last finite"):
         train_detector(dataset, make_config("cpu", TINY), tmp_path / "run", progress=False)
+    calls["n"] = 0  # diverging before the first checkpoint: no file to name
+    with pytest.raises(ValueError, match="diverged at iteration 13: .*no checkpoint was written yet"):
+        train_detector(dataset, make_config("cpu", {**TINY, "finetune.checkpoint_every": 15}), tmp_path / "early",
+                       progress=False)
+    assert not (tmp_path / "early" / "finetune.pt").exists()
     state = read_finetune_checkpoint(tmp_path / "run" / "finetune.pt")
     assert state["iteration"] == 10 and all(torch.isfinite(t).all() for t in state["head"].values())
     assert not (tmp_path / "run" / "model.pt").exists()
@@ -136,3 +142,10 @@ def test_an_image_the_trunk_fails_on_is_named_and_left_out(tiny_demo, tmp_path, 
     stats = provider.precompute(records, (224,), (False,), progress=False)
     assert stats["failed_ids"] == [records[1].image_id] and stats["computed"] == 2
     assert str(records[1].path) in caplog.text and "padded input size" in caplog.text
+
+
+def test_no_fine_tuning_on_a_random_head_is_warned(tiny_demo, tmp_path, caplog):
+    train_detector(load_voc(tiny_demo, "train"), make_config("cpu", {**TINY, "finetune.iterations": 0,
+                                                                      "finetune.lr_steps": ()}),
+                   tmp_path / "run", progress=False)
+    assert "finetune.iterations=0: the fc layers keep their random initialisation" in caplog.text

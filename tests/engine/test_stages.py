@@ -87,6 +87,8 @@ def test_changed_settings_never_pair_stages_made_by_other_settings(tiny_demo, fi
     with pytest.raises(ValueError, match=r"classifiers.pt was made with other settings.*svm.C: 0.01 -> 0.1"):
         train_detector(dataset, config.replace(**{"svm.C": 0.1}), out, progress=False, policy="resume")
     assert_consistent(out, config)  # nothing was touched
+    assert json.loads((out / "config.json").read_text()) == config.to_dict()  # not the refused settings
+    assert "classifiers.pt was made with other settings" in (out / "train.log").read_text().splitlines()[-1]
 
 
 def flip_byte(path, fraction):

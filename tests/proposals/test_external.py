@@ -63,3 +63,11 @@ def test_missing_ids_and_unreadable_files_are_named(tmp_path):
         ExternalProposals(tmp_path / "broken.json")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ExternalProposals(tmp_path / "nowhere")
+
+
+def test_an_image_without_proposals_is_said_in_a_warning(tmp_path, caplog):
+    from proposals.external import ExternalProposals
+    (tmp_path / "boxes.json").write_text('{"000001": []}')
+    boxes = ExternalProposals(tmp_path / "boxes.json").load("000001", 100, 80)
+    assert boxes.shape == (0, 4)
+    assert f"proposals file {tmp_path / 'boxes.json'}, image id '000001': no proposals" in caplog.text
