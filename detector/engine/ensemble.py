@@ -2,7 +2,7 @@
 
 As in the paper (two ZF-5 models: 59.1 and 59.2 mAP -> 60.9 combined), the detections of every
 model are put together per class and image and NMS at IoU 0.3 keeps the best-scored of each
-group of overlapping boxes; an image keeps at most ``max_per_image`` detections, as at test.
+group of overlapping boxes from different models (``merge_detections``: across models only); an image keeps at most ``max_per_image`` detections, as at test.
 Inputs are devkit result folders; every input is checked before anything is written: a folder
 whose ``metrics.json`` is unreadable or lacks ``"ap"`` is named, and folders made for different
 class lists, splits or datasets (their ``classes.json`` / ``metrics.json``) are refused.
@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from torchvision.ops import batched_nms
 
+from detector.core.boxes import iou_matrix
 from detector.core.detections import Detections
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
@@ -77,7 +76,7 @@ def result_dir_classes(result_dir: Path, split: str) -> list[str]:
     metrics = _metrics(result_dir)
     if metrics is not None:
         return sorted(metrics["ap"])
-    prefix = result_file(result_dir, split, "").name.removesuffix(".txt")
+    prefix = result_file(result_dir, split, "CLASS").name.removesuffix("CLASS.txt")
     classes = sorted(p.stem[len(prefix):] for p in result_dir.glob(f"{prefix}*.txt"))
     if not classes:
         raise FileNotFoundError(f"no result files {prefix}<class>.txt in {result_dir}")
@@ -96,15 +95,33 @@ def check_same_classes(result_dirs: Sequence[Path], split: str) -> list[str]:
 
 
 def merge_detections(parts: Sequence[Detections], nms_iou: float) -> Detections:
-    """Union of one class's detections from several models, NMS per image."""
+    """Union of one class's detections from several models with NMS *across* models: per image, in
+    order of score, a detection is dropped when a kept detection of another model overlaps it by IoU
+    > ``nms_iou``; overlaps within one model are left as that model's test made them.
+
+    Each model's detections have been through NMS 0.3 already; a plain NMS over the union would do it
+    again on boxes box voting has moved (which may now overlap their own neighbours), dropping 31-38%
+    of a model's own detections and taking the same folder twice from 7.2 to 3.0 mAP.  Without
+    voting the two rules are the same (no two kept boxes of one model overlap above 0.3).  Ties in
+    score keep the earlier model's detection, so a model merged with itself gives itself back."""
     merged = Detections.concat(parts)
     if len(merged) == 0:
         return merged
+    model = np.concatenate([np.full(len(part), k) for k, part in enumerate(parts)])
+    keep = np.zeros(len(merged), dtype=bool)
     _, image_index = np.unique(merged.image_ids, return_inverse=True)
-    keep = batched_nms(torch.from_numpy(merged.boxes.astype(np.float32)),
-                       torch.from_numpy(merged.scores.astype(np.float32)),
-                       torch.from_numpy(image_index), nms_iou).numpy()
-    return Detections(merged.image_ids[keep], merged.scores[keep], merged.boxes[keep])
+    for rows in np.split(np.argsort(image_index, kind="stable"),
+                         np.cumsum(np.bincount(image_index))[:-1]):
+        rows = rows[np.lexsort((model[rows], -merged.scores[rows]))]  # best first, earlier model on ties
+        overlaps = iou_matrix(merged.boxes[rows], merged.boxes[rows]) > nms_iou
+        kept_here = np.zeros(len(rows), dtype=bool)
+        for i in range(len(rows)):
+            rivals = kept_here & (model[rows] != model[rows[i]]) & overlaps[i]
+            kept_here[i] = not rivals.any()
+        keep[rows[kept_here]] = True
+    kept = np.flatnonzero(keep)
+    kept = kept[np.argsort(-merged.scores[kept], kind="stable")]
+    return Detections(merged.image_ids[kept], merged.scores[kept], merged.boxes[kept])
 
 
 def cap_per_image(detection_set: dict[str, Detections], max_per_image: int) -> dict[str, Detections]:

@@ -7,7 +7,7 @@ from detector.core.detections import Detections
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
 from detector.engine.ensemble import cap_per_image, ensemble_result_dirs, merge_detections
-from detector.evaluation.voc_eval import voc_ap, write_classes_file, write_result_files
+from detector.evaluation.voc_eval import read_result_files, voc_ap, write_classes_file, write_result_files
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,57 @@ def test_a_folder_twice_or_out_among_the_inputs_is_refused_before_writing(demo, 
         ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "b"], tmp_path / "a")
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == before
     assert not (tmp_path / "m").exists()
+
+
+def _merge_reference(parts, nms_iou):
+    """Cross-model NMS by plain loops in float64: per image, best score first (earlier model on ties),
+    a detection is kept unless a kept detection of another model overlaps it by IoU > nms_iou."""
+    rows = [(float(s), k, str(i), [float(v) for v in b]) for k, part in enumerate(parts)
+            for i, s, b in zip(part.image_ids, part.scores, part.boxes)]
+    rows.sort(key=lambda r: (-r[0], r[1]))
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union
+    kept = []
+    for score, k, image, box in rows:
+        if not any(j != k and other == image and iou(box, b) > nms_iou for _, j, other, b in kept):
+            kept.append((score, k, image, box))
+    return sorted((image, score, tuple(box)) for score, _, image, box in kept)
+
+
+def test_merge_matches_a_loop_reference_and_keeps_each_models_own_overlaps():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        parts = []
+        for _ in range(rng.integers(1, 4)):
+            n = int(rng.integers(0, 30))
+            xy = rng.uniform(0, 60, (n, 2))
+            boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (n, 2))], 1).astype(np.float32)
+            scores = np.round(rng.uniform(0, 1, n), 1)  # ties on purpose
+            parts.append(Detections(rng.choice(["a", "b", "c"], n), scores, boxes))
+        merged = merge_detections(parts, 0.3)
+        got = sorted((str(i), float(s), tuple(float(v) for v in b))
+                     for i, s, b in zip(merged.image_ids, merged.scores, merged.boxes))
+        assert got == _merge_reference(parts, 0.3), trial
+    # one model's own overlapping pair (box voting moved them together) survives the merge
+    pair = Detections(["x", "x"], np.array([0.9, 0.8]), np.array([[10, 10, 50, 50], [12, 12, 52, 52]], np.float32))
+    assert len(merge_detections([pair, Detections.empty()], 0.3)) == 2
+
+
+def test_a_model_merged_with_itself_gives_itself_back(demo, tmp_path):
+    dataset = load_voc(demo, "test")
+    sets = _half_right(dataset, lambda i: i % 3 != 0)
+    rng = np.random.default_rng(1)
+    for name in sets:  # overlapping pairs inside one model, as box voting leaves them
+        found = sets[name]
+        moved = Detections(found.image_ids, found.scores * 0.5, found.boxes + rng.uniform(0, 3, found.boxes.shape))
+        sets[name] = Detections.concat([found, moved])
+    for folder in ("a", "copy_of_a"):
+        write_result_files(tmp_path / folder, "test", sets, dataset.classes)
+    metrics = ensemble_result_dirs(demo, "test", [tmp_path / "a", tmp_path / "copy_of_a"], tmp_path / "m")
+    assert metrics["mAP"] == pytest.approx(metrics["inputs"][str(tmp_path / "a")])
+    for name in dataset.classes:
+        assert len(read_result_files(tmp_path / "m", "test", [name])[name]) == len(sets[name])
