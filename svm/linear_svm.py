@@ -14,12 +14,37 @@ The solver gets float64 data (liblinear's own type), built in one copy from the 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from detector.core.integrity import arrays
+
+
+@dataclass
+class LinearFit:
+    """One class's SVM: ``weight`` (D, float32), ``bias``, liblinear's iterations, whether it reached
+    its tolerance, and the primal objective of the fit on its training data."""
+
+    weight: np.ndarray
+    bias: float
+    iterations: int
+    converged: bool
+    objective: float
+
+
+def svm_objective(weight: np.ndarray, bias: float, pos: np.ndarray, neg: np.ndarray, C: float,
+                  pos_weight: float, intercept_scaling: float) -> float:
+    """liblinear's primal objective (its ``-s 3`` problem with ``-B intercept_scaling``):
+    ``0.5 |w|^2 + 0.5 (b / B)^2 + C (pos_weight * sum hinge(pos) + sum hinge(neg))``, in float64."""
+    weight = np.asarray(weight, np.float64)
+    hinge_pos = np.maximum(0.0, 1.0 - (np.asarray(pos, np.float64) @ weight + bias)).sum()
+    hinge_neg = np.maximum(0.0, 1.0 + (np.asarray(neg, np.float64) @ weight + bias)).sum()
+    return float(0.5 * weight @ weight + 0.5 * (bias / intercept_scaling) ** 2
+                 + C * (pos_weight * hinge_pos + hinge_neg))
 
 
 def train_linear_svm(
@@ -31,8 +56,9 @@ def train_linear_svm(
     seed: int = 0,
     max_iter: int = 10_000,
     tol: float = 1e-4,
-) -> tuple[np.ndarray, float]:
-    """Fit one class's SVM on already scaled features; returns ``w`` (D, float32) and ``b``."""
+) -> LinearFit:
+    """Fit one class's SVM on already scaled features (liblinear's dual solver, whose
+    ``ConvergenceWarning`` is not raised but recorded in ``LinearFit.converged``)."""
     pos = np.asarray(pos)
     neg = np.asarray(neg)
     if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
@@ -52,9 +78,15 @@ def train_linear_svm(
         max_iter=max_iter,
         random_state=seed,
     )
-    svm.fit(features, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded below instead
+        svm.fit(features, labels)
+    iterations = int(np.max(svm.n_iter_))
     # classes_ is sorted, so [-1, 1]: coef_ scores the +1 class.
-    return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
+    weight, bias = svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
+    return LinearFit(weight, bias, iterations, iterations < max_iter,
+                     svm_objective(svm.coef_[0], bias, features[:len(pos)], features[len(pos):], C, pos_weight,
+                                   intercept_scaling))
 
 
 @dataclass

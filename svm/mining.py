@@ -1,23 +1,28 @@
 """Per-class SVM training with hard negative mining (R-CNN / SPP-net), streaming images.
 
-Algorithm (one pass = one call of ``images()``, the paper ran one pass):
+Algorithm (R-CNN's ``rcnn_train.m``, which SPP-net's released code reused):
 
+- Positives first: every non-difficult GT box of a class, over all training images, is
+  collected before any negative is looked at (``positives()``, a pass that only needs the GT
+  rows, so the pipeline computes fc7 for the GT boxes alone).  Until a version of this module
+  collected them while the negatives streamed, so the early retrains saw the positives of the
+  first images only; their models evicted, for good, negatives that the final model scores
+  far above the objects (the collapse of the fixed-sample head, dev_val 12.9).
 - The model starts at ``w = 0, b = 0`` for every class, so every negative of the first
-  images scores 0 > ``hard_threshold`` and enters the caches.
-- Per image, all windows are scored with all K classes in one matrix product under the
-  current model.  Per class: positives are the image's non-difficult GT rows of that class
-  (collected in the first pass only); candidate negatives are ``select_negatives`` on the
-  proposal rows (GT rows are never negatives); those scoring above ``hard_threshold`` (and
-  not cached already, which only happens from the second pass on) enter the class's cache.
-  Only the rows entering a cache are scaled and converted, each once per image.
+  image scores 0 > ``hard_threshold`` and enters the caches; every class with a positive is
+  retrained right after that first image (R-CNN's ``first_time``).
+- Per image (one pass = one call of ``images()``), all windows are scored with all K classes
+  in one matrix product under the current model.  Per class, candidate negatives are
+  ``select_negatives`` on the proposal rows (GT rows are never negatives); those scoring above
+  ``hard_threshold`` and not cached already enter the class's cache.  Only the rows entering a
+  cache are scaled and converted, each once per image.
 - A class is retrained once ``retrain_every`` new hard negatives entered its cache since
-  its last retrain (R-CNN's ``retrain_limit`` = 2000), as soon as it has a positive; so a
-  pass retrains a class at most ``added / retrain_every + 1`` times.  After every retrain,
-  cached negatives scoring below ``evict_threshold`` under the new model are evicted.
-  Every class is retrained (and evicted) at the end of each pass.
-- Positives accumulate while the images stream (``images()`` computes fc7 on the fly, so a
-  separate positives pass would double the feature cost); early retrains therefore see the
-  positives of the images seen so far, the end-of-pass retrain sees all of them.
+  its last retrain (R-CNN's ``retrain_limit`` = 2000).  After every retrain, cached negatives
+  scoring below ``evict_threshold`` under the new model are evicted.  At the end of a pass
+  every class that gained a negative since its last retrain is retrained.
+- ``passes`` is the most passes run; mining stops early once a pass adds no hard negative to
+  any cache (converged: no negative of any image scores above ``hard_threshold`` outside the
+  caches, up to the cap).  The paper ran one pass.
 
 Memory: only the per-class caches (and positives) are held, never the windows of all
 images.  A cache never exceeds ``max_cache_per_class`` rows: when new hard negatives
@@ -54,6 +59,9 @@ from svm.negatives import select_negatives
 logger = logging.getLogger(__name__)
 
 _CACHE_DTYPES = {name: np.dtype(name).type for name in CACHE_DTYPES}
+# the mining algorithm's version, in the classifiers' stage record: SVMs mined by an earlier one
+# (1: positives collected while the negatives streamed) are retrained, not reused
+MINING_VERSION = 2
 
 
 @dataclass
@@ -75,6 +83,10 @@ class ClassMiningStats:
     bias: float = 0.0
     positives_correct: float = 0.0
     negatives_correct: float = 0.0
+    negatives_above_positive_median: float = 0.0  # share of cached negatives scoring above it
+    objective: float = 0.0  # liblinear's primal objective on the last retrain's data
+    solver_iterations: int = 0
+    converged: bool = True  # liblinear reached its tolerance on every retrain
 
 
 @dataclass
@@ -83,6 +95,9 @@ class MiningStats:
 
     classes: list[ClassMiningStats]
     passes: int = 0
+    converged: bool = False  # the last pass added no hard negative (module docstring)
+    failing_classes: dict[str, list[str]] = field(default_factory=dict)  # ``failing_classes``
+    hard_added_per_pass: list[int] = field(default_factory=list)
     images_per_pass: list[int] = field(default_factory=list)
     total_seconds: float = 0.0
     image_seconds: float = 0.0
@@ -236,17 +251,31 @@ class HardNegativeMiner:
             raise RuntimeError("no image seen yet: the feature dimension is unknown")
         return SVMModel(self.weights.copy(), self.biases.copy(), self.feature_scale)
 
-    def run(self, images: Callable[[], Iterable[ImageFeatures]], progress: bool = True) -> SVMModel:
-        """Mine ``config.passes`` passes over ``images()`` and return the final model."""
+    def run(self, images: Callable[[], Iterable[ImageFeatures]], progress: bool = True,
+            positives: Callable[[], Iterable[ImageFeatures]] | None = None) -> SVMModel:
+        """Collect the positives of ``positives()`` (default ``images()``: any ``ImageFeatures`` with
+        at least their GT rows), then mine up to ``config.passes`` passes over ``images()``; returns
+        the final model."""
         start = time.perf_counter()
-        for pass_index in range(self.config.passes):
-            self._run_pass(images(), pass_index, progress)
+        self.collect_positives((positives or images)(), progress)
         if self.weights is None:
             raise ValueError("images() yielded no image: nothing to train on")
+        for pass_index in range(self.config.passes):
+            added = sum(c.hard_added for c in self.stats.classes)
+            self._run_pass(images(), pass_index, progress)
+            self.stats.hard_added_per_pass.append(sum(c.hard_added for c in self.stats.classes) - added)
+            if pass_index > 0 and self.stats.hard_added_per_pass[-1] == 0:
+                self.stats.converged = True
+                break
         self.stats.total_seconds = time.perf_counter() - start
         for label, class_stats in enumerate(self.stats.classes):
             class_stats.cache_size = self.caches[label].size
             logger.info("SVM class %s: %s", self.names[label], class_stats)
+        self.stats.failing_classes = failing_classes(self.stats, self.names)
+        for name, reasons in self.stats.failing_classes.items():
+            logger.warning("SVM class %s fails its check on its own training data: %s; try svm.passes=2 "
+                           "(mine again under the final model) or another svm.C, look at the class's boxes, or "
+                           "score without the SVMs (--scorer softmax)", name, "; ".join(reasons))
         logger.info(
             "SVM mining: %d pass(es), %s images, %.1f s (%.1f s producing images), "
             "peak cache %.1f MiB",
@@ -256,6 +285,23 @@ class HardNegativeMiner:
         model = self.model()
         model.training_stats = self.stats.as_dict()
         return model
+
+    def collect_positives(self, image_iterable: Iterable[ImageFeatures], progress: bool = True) -> None:
+        """The scaled features of every non-difficult GT row, per class (before any mining)."""
+        seen: set[str] = set()
+        for windows in tqdm(image_iterable, disable=not progress, desc="SVM positives",
+                            total=len(image_iterable) if hasattr(image_iterable, "__len__") else None):
+            if windows.image_id in seen:
+                raise ValueError(f"image id {windows.image_id!r} appears twice among the positives' images")
+            seen.add(windows.image_id)
+            self._check_and_allocate(windows)
+            for label, rows in self._positive_rows(windows).items():
+                scaled = (windows.features[rows] * np.float32(self.feature_scale)).astype(self.dtype)
+                if not np.isfinite(scaled).all():
+                    raise ValueError(f"image {windows.image_id!r}: scaled features are not finite in "
+                                     f"{self.config.cache_dtype}")
+                self.positives[label].append(scaled)
+                self.stats.classes[label].num_positives += len(rows)
 
     def _run_pass(self, image_iterable: Iterable[ImageFeatures], pass_index: int, progress: bool) -> None:
         total = len(image_iterable) if hasattr(image_iterable, "__len__") else None
@@ -276,12 +322,18 @@ class HardNegativeMiner:
                     "(give flipped copies their own id)"
                 )
             seen.add(windows.image_id)
-            self._process_image(windows, first_pass=pass_index == 0)
+            first_image = not self._image_codes
+            self._process_image(windows)
+            if first_image:  # R-CNN's first_time: every class with positives, on the first negatives
+                for label in range(self.num_classes):
+                    if self.positives[label] and self.caches[label].size:
+                        self._retrain(label)
             bar.update(1)
         bar.close()
         for label in range(self.num_classes):
             if self.positives[label] and self.caches and self.caches[label].size:
-                self._retrain(label)
+                if self._added_since_retrain[label] or not self.stats.classes[label].retrains:
+                    self._retrain(label)
             elif self.weights is not None:
                 logger.warning(
                     "SVM class %s has %d positive and %d cached negative windows: left at w = 0",
@@ -291,28 +343,24 @@ class HardNegativeMiner:
         self.stats.passes += 1
         self.stats.images_per_pass.append(len(seen))
 
-    def _process_image(self, windows: ImageFeatures, first_pass: bool) -> None:
-        """Collect positives and hard negatives of one image; retrain classes that are due."""
+    def _process_image(self, windows: ImageFeatures) -> None:
+        """Hard negatives of one image into the caches; retrain classes that are due."""
         self._check_and_allocate(windows)
         code = self._image_codes.setdefault(windows.image_id, len(self._image_codes))
         config = self.config
         features = windows.features
         scores = features @ self.weights.T * np.float32(self.feature_scale) + self.biases
-        positive_rows = self._positive_rows(windows) if first_pass else {}
         hard_rows = [
-            self._hard_negative_rows(label, negatives, scores, code, first_pass)
+            self._hard_negative_rows(label, negatives, scores, code)
             for label, negatives in enumerate(self._negative_rows(windows))
         ]
         # Scale and convert only the rows that enter a cache, each once.
-        needed = np.unique(np.concatenate([*positive_rows.values(), *hard_rows]))
+        needed = np.unique(np.concatenate(hard_rows))
         scaled = (features[needed] * np.float32(self.feature_scale)).astype(self.dtype)
         if not np.isfinite(scaled).all():
             raise ValueError(
                 f"image {windows.image_id!r}: scaled features are not finite in {config.cache_dtype}"
             )
-        for label, rows in positive_rows.items():
-            self.positives[label].append(scaled[np.searchsorted(needed, rows)])
-            self.stats.classes[label].num_positives += len(rows)
         for label, rows in enumerate(hard_rows):
             class_start = time.perf_counter()
             class_stats = self.stats.classes[label]
@@ -355,15 +403,11 @@ class HardNegativeMiner:
             self.stats.classes[label].seconds += time.perf_counter() - start
         return negatives
 
-    def _hard_negative_rows(
-        self, label: int, negatives: np.ndarray, scores: np.ndarray, code: int, first_pass: bool
-    ) -> np.ndarray:
+    def _hard_negative_rows(self, label: int, negatives: np.ndarray, scores: np.ndarray, code: int) -> np.ndarray:
         """The rows of ``negatives`` scoring above the hard threshold and not cached yet."""
         rows = negatives[scores[negatives, label] > self.config.hard_threshold]
-        if not first_pass:
-            keys = (np.int64(code) << 32) | rows
-            rows = rows[~np.isin(keys, self.caches[label].keys)]
-        return rows
+        keys = (np.int64(code) << 32) | rows
+        return rows[~np.isin(keys, self.caches[label].keys)]
 
     def _check_and_allocate(self, windows: ImageFeatures) -> None:
         dim = windows.features.shape[1]
@@ -390,18 +434,24 @@ class HardNegativeMiner:
         config = self.config
         cache = self.caches[label]
         positives = np.concatenate(self.positives[label])
-        weight, bias = train_linear_svm(
+        fit = train_linear_svm(
             positives, cache.features, C=config.C, pos_weight=config.pos_weight,
             intercept_scaling=config.intercept_scaling, seed=config.seed,
         )
+        weight, bias = fit.weight, fit.bias
         self.weights[label] = weight
         self.biases[label] = bias
         cache.rescore(weight, bias)
         class_stats = self.stats.classes[label]
         class_stats.weight_norm = float(np.linalg.norm(weight))
         class_stats.bias = float(bias)
-        class_stats.positives_correct = float(np.mean(positives.astype(np.float32) @ weight + bias > 0))
+        positive_scores = positives.astype(np.float32) @ weight + bias
+        class_stats.positives_correct = float(np.mean(positive_scores > 0))
         class_stats.negatives_correct = float(np.mean(cache.scores < 0))
+        class_stats.negatives_above_positive_median = float(np.mean(cache.scores > np.median(positive_scores)))
+        class_stats.objective = fit.objective
+        class_stats.solver_iterations = fit.iterations
+        class_stats.converged = class_stats.converged and fit.converged
         evicted = cache.evict_below(config.evict_threshold)
         class_stats.evicted += evicted
         class_stats.retrains += 1
@@ -412,7 +462,8 @@ class HardNegativeMiner:
         if self.on_retrain is not None:
             self.on_retrain({"class": label, "retrain": class_stats.retrains, "pass": self.stats.passes + 1,
                              "positives": len(positives), "negatives": cache.size, "evicted": evicted,
-                             "seconds": seconds})
+                             "objective": fit.objective, "converged": fit.converged,
+                             "solver_iterations": fit.iterations, "seconds": seconds})
         logger.debug(
             "SVM class %s retrain %d: %d pos, %d neg, evicted %d, %.2f s",
             self.names[label], class_stats.retrains, len(positives), cache.size + evicted, evicted, seconds,
@@ -424,6 +475,33 @@ class HardNegativeMiner:
         return cached + positives
 
 
+MIN_POSITIVES_ABOVE_ZERO = 0.5  # a class whose SVM puts fewer of its own positives above 0 fails
+MAX_NEGATIVES_ABOVE_MEDIAN = 0.01  # ... or more of its cached hard negatives above its median positive
+
+
+def failing_classes(stats: MiningStats, names: Sequence[str]) -> dict[str, list[str]]:
+    """The classes whose final SVM fails on its own training data, with the reasons: fewer than
+    ``MIN_POSITIVES_ABOVE_ZERO`` of the positives above 0, more than ``MAX_NEGATIVES_ABOVE_MEDIAN``
+    of the cached hard negatives above the positives' median score, or a solve that did not reach
+    liblinear's tolerance.  A class without positives is left out (it is warned about already)."""
+    failing = {}
+    for name, found in zip(names, stats.classes):
+        if not found.num_positives or not found.retrains:
+            continue
+        reasons = []
+        if found.positives_correct < MIN_POSITIVES_ABOVE_ZERO:
+            reasons.append(f"{100 * found.positives_correct:.0f}% of its {found.num_positives} positives score "
+                           "above 0")
+        if found.negatives_above_positive_median > MAX_NEGATIVES_ABOVE_MEDIAN:
+            reasons.append(f"{100 * found.negatives_above_positive_median:.1f}% of its {found.cache_size} cached "
+                           "hard negatives score above its median positive")
+        if not found.converged:
+            reasons.append("liblinear stopped at its iteration limit before its tolerance")
+        if reasons:
+            failing[name] = reasons
+    return failing
+
+
 def train_svms(
     images: Callable[[], Iterable[ImageFeatures]],
     num_classes: int,
@@ -432,10 +510,13 @@ def train_svms(
     progress: bool = True,
     class_names: Sequence[str] | None = None,
     on_retrain: Callable[[dict], None] | None = None,
+    positives: Callable[[], Iterable[ImageFeatures]] | None = None,
 ) -> SVMModel:
-    """Train K SVMs with hard negative mining; ``images()`` gives a fresh iterator per pass.
+    """Train K SVMs with hard negative mining; ``images()`` gives a fresh iterator per pass,
+    ``positives()`` the images whose GT rows are the positives (default ``images()``).
 
     The returned model carries the mining record in ``training_stats`` (also logged, classes named
     by ``class_names``); ``on_retrain`` is called after every retrain (``HardNegativeMiner``).
     """
-    return HardNegativeMiner(num_classes, feature_scale, config, class_names, on_retrain).run(images, progress)
+    return HardNegativeMiner(num_classes, feature_scale, config, class_names, on_retrain).run(
+        images, progress, positives)

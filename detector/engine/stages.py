@@ -28,6 +28,7 @@ from detector.config import Config, stage_settings
 from detector.core.integrity import load_checked
 from detector.core.provenance import make_record, reusable_state
 from detector.features.backbones import BACKBONES, Backbone
+from svm.mining import MINING_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def classifiers_record(config: Config, classes: list[str], trunk: str, data_dige
                        finetune_checksum: str) -> dict[str, Any]:
     """The provenance record of ``classifiers.pt`` made from these inputs."""
     return make_record(stage_settings(config, "classifiers"), classes, trunk,
-                       {"training_data": data_digest, "finetune.pt": finetune_checksum})
+                       {"training_data": data_digest, "finetune.pt": finetune_checksum,
+                        "svm.mining": MINING_VERSION})
 
 
 def read_classifiers(path: Path) -> dict[str, Any]:

@@ -177,8 +177,24 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
                 regression.add(pooled, windows.boxes[rows], windows.record.boxes, windows.record.labels)
             yield image
 
+    def one_image_positives(windows: ImageWindows) -> ImageFeatures | None:
+        """The SVM features of one image's GT boxes alone (the positives; a fraction of its windows)."""
+        record = windows.record
+        features = image_features(model, record, record.boxes, "SVM positives")
+        if features is None:
+            return None
+        return ImageFeatures(record.image_id, features.window_svm_input(config.svm.features).float().numpy(),
+                             record.boxes, record.boxes, record.labels, record.difficult)
+
+    def positives_pass() -> Iterator[ImageFeatures]:
+        with_gt = [w for w in train if len(w.record.boxes)]
+        for _, result in distributed.ordered_stream(with_gt, one_image_positives, per_round=16):
+            if result is not None:
+                yield result
+
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
-                     progress=progress and distributed.is_main(), class_names=model.classes, on_retrain=on_retrain)
+                     progress=progress and distributed.is_main(), class_names=model.classes, on_retrain=on_retrain,
+                     positives=lambda: SizedPass(positives_pass, sum(len(w.record.boxes) > 0 for w in train)))
     return svm, regression, svm.training_stats or {}
 
 
