@@ -18,7 +18,8 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from detector.benchmarks.distributed import bench_distributed, format_bench
-from detector.cli.common import add_dataset_arguments, dataset_from_args, error_line, process_group, setup_logging, tool_main
+from detector.cli.base import error_line, tool_main
+from detector.cli.common import add_dataset_arguments, dataset_from_args, process_group, setup_logging
 from detector.config import config_from_dict
 from detector.core import distributed
 from detector.core.io import write_json_atomic

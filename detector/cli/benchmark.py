@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model
-from detector.cli.common import add_dataset_arguments, dataset_from_args, error_line, setup_logging, tool_main
+from detector.cli.base import error_line, tool_main
+from detector.cli.common import add_dataset_arguments, dataset_from_args, setup_logging
 from detector.config import make_config
 from detector.core.runtime import keep_freed_memory
 from detector.model.detector import load_model

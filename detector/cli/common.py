@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
-import signal
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from detector.config import FEATURE_PATHS, PRESETS, Config, make_config
 from detector.core import distributed
-from detector.core.interrupt import Interrupted, current_stage, raising_on_signals
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import VOCDataset, load_voc
 from proposals.cache import ProposalCache, default_cache_folder
@@ -124,35 +120,3 @@ def process_group(device: str | None) -> Iterator[None]:
             yield
         finally:
             distributed.shutdown()
-
-
-def error_line(error: Exception) -> str:
-    """One line for an error a tool reports: an ``OSError``'s message and path without its errno prefix."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    return str(error)
-
-
-@contextmanager
-def interruptible(tool: str) -> Iterator[None]:
-    """SIGTERM or SIGINT inside the block end ``tool`` with one line naming the stage it was in and
-    exit status 128 + the signal's number (``detector.core.interrupt``)."""
-    try:
-        with raising_on_signals():
-            yield
-    except (Interrupted, KeyboardInterrupt) as error:
-        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
-        print(f"{tool}: interrupted by {signal.Signals(signum).name} during {current_stage()}; "
-              "rerun the same command to resume", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum) from None
-
-
-def tool_main(tool: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Decorate a tool's ``main`` to run it ``interruptible(tool)``."""
-    def decorate(main: Callable[..., None]) -> Callable[..., None]:
-        @functools.wraps(main)
-        def run(argv: list[str] | None = None) -> None:
-            with interruptible(tool):
-                main(argv)
-        return run
-    return decorate

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.common import error_line
+from detector.cli.base import error_line
 from detector.model.compression import compress_model
 from detector.model.detector import load_model, save_model
 

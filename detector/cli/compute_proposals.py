@@ -12,7 +12,8 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from detector.cli.common import add_proposal_arguments, error_line, process_group, proposal_cache_from_args, tool_main
+from detector.cli.base import error_line, tool_main
+from detector.cli.common import add_proposal_arguments, process_group, proposal_cache_from_args
 from detector.core import distributed
 from detector.data.voc import load_voc
 from proposals.cache import ComputeReport, compute_proposals

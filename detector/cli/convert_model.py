@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.common import error_line
+from detector.cli.base import error_line
 from detector.core.integrity import convert_trusted_file
 
 

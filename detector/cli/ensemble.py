@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.common import error_line, setup_logging, tool_main
+from detector.cli.base import error_line, tool_main
+from detector.cli.common import setup_logging
 from detector.engine.ensemble import ensemble_result_dirs
 from detector.evaluation.voc_eval import format_ap_table
 

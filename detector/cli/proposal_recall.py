@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from detector.cli.common import add_proposal_arguments, proposal_cache_from_args, tool_main
+from detector.cli.base import tool_main
+from detector.cli.common import add_proposal_arguments, proposal_cache_from_args
 from detector.data.voc import load_voc
 from proposals.cache import compute_proposals, search_timings
 from proposals.recall import proposal_recall

@@ -25,14 +25,13 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from detector.cli.base import error_line, tool_main
 from detector.cli.common import (
     add_dataset_arguments,
     dataset_from_args,
     dataset_root_from_args,
-    error_line,
     process_group,
     setup_logging,
-    tool_main,
 )
 from detector.config import FEATURE_PATHS, config_from_dict
 from detector.core import distributed

@@ -10,15 +10,14 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from detector.cli.base import error_line, tool_main
 from detector.cli.common import (
     add_config_arguments,
     add_dataset_arguments,
     config_from_args,
     dataset_from_args,
-    error_line,
     process_group,
     setup_logging,
-    tool_main,
 )
 from detector.core import distributed
 from detector.core.runtime import keep_freed_memory

@@ -5,13 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
+from detector.cli.base import error_line, tool_main
 from detector.cli.common import (
     add_dataset_arguments,
     dataset_from_args,
     dataset_root_from_args,
-    error_line,
     setup_logging,
-    tool_main,
 )
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory

@@ -64,7 +64,7 @@ def test_sigint_in_a_test_run_names_its_stage(tiny_trained, tmp_path, monkeypatc
 
 def test_sigterm_in_predict_exits_non_zero(tiny_trained, tmp_path, monkeypatch, capsys):
     root, run, _ = tiny_trained
-    monkeypatch.setattr(predict, "load_image", signal_self(signal.SIGTERM))
+    monkeypatch.setattr("detector.inference.batch.load_image", signal_self(signal.SIGTERM))
     with pytest.raises(SystemExit) as stop:
         predict.main(["--model", str(run / "model.pt"), str(root / "JPEGImages"), "--out", str(tmp_path / "p")])
     assert stop.value.code == 128 + signal.SIGTERM

@@ -3,8 +3,6 @@ files of earlier versions load or convert with tools/convert_model.py."""
 import ast
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -212,3 +212,50 @@ def test_photos_are_read_turned_by_their_exif_orientation(tiny_trained, tmp_path
     record = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
     assert (record["width"], record["height"]) == (40, 60)
     assert load_image(tmp_path / "out" / "phone.jpg").shape == (60, 40, 3)
+
+
+def test_predict_help_imports_neither_torch_nor_numba():
+    import subprocess
+    import sys
+    code = ("import sys; from detector.cli.predict import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'numba', 'cv2', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--score-threshold" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_interrupted_folder_run_keeps_the_records_written_so_far(tiny_trained, tmp_path, monkeypatch):
+    from detector.cli import predict as predict_tool
+    root, run, _ = tiny_trained
+    real = Detector.predict
+    calls = {"n": 0}
+
+    def third_interrupts(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Detector, "predict", third_interrupts)
+    with pytest.raises(SystemExit) as stop:
+        predict_tool.main(["--model", str(run / "model.pt"), str(root / "JPEGImages"), "--out", str(tmp_path / "p"),
+                           "--quiet"])
+    assert stop.value.code == 130
+    lines = (tmp_path / "p" / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["drawn"] for line in lines)
+    assert not (tmp_path / "p" / "detections.json").exists()  # only a finished run writes the list
+
+
+def test_an_image_without_detections_says_so_on_its_drawn_copy(tiny_trained, tmp_path):
+    from detector.cli import predict as predict_tool
+    root, run, _ = tiny_trained
+    image = sorted((root / "JPEGImages").iterdir())[0]
+    predict_tool.main(["--model", str(run / "model.pt"), str(image), "--out", str(tmp_path / "high"),
+                       "--score-threshold", "1e9", "--quiet"])
+    predict_tool.main(["--model", str(run / "model.pt"), str(image), "--out", str(tmp_path / "plain"),
+                       "--score-threshold", "1e9", "--quiet"])
+    record = json.loads((tmp_path / "high" / "detections.json").read_text())[0]
+    assert record["boxes"] == []
+    drawn = load_image(tmp_path / "high" / record["drawn"])
+    original = load_image(image)
+    changed = np.abs(drawn.astype(int) - original.astype(int)).sum(axis=2) > 60
+    assert changed[: drawn.shape[0] // 4].any() and not changed[drawn.shape[0] // 2:].any()  # a caption at the top
