@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from detector.core.images import ImageReadError, load_image
 from detector.core.io import write_json_atomic
-from detector.visualization.draw import draw_detections, draw_label, save_image
+from detector.visualization.draw import draw_label, save_image
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def predict_files(detector: Any, files: Sequence[Path], out_dir: Path, threshold
                 summary.failed.append(f"{path} ({error})")
                 continue
             name = drawn_name(path, taken)
-            drawn = draw_detections(image, found.boxes, found.scores, found.labels, detector.classes)
+            drawn = found.draw()
             if len(found) == 0:
                 draw_label(drawn, f"no detection above {threshold:g}", 0, 0, (90, 90, 90), inside=True)
                 log.info("%s: no detection above %g", path, threshold)

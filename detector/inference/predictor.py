@@ -4,6 +4,8 @@
     detector = Detector.load("runs/demo/model.pt", device="cpu")
     result = detector.predict("photo.jpg")          # or an RGB uint8 array, or a list of either
     for box, score, name in zip(result.boxes, result.scores, result.class_names): ...
+    picture = result.draw()                         # RGB uint8, boxes and labels drawn
+    detector.predict(cv2.imread("photo.jpg"), channels="BGR")   # OpenCV's arrays are BGR
 
 Decisions:
 - The pipeline is :func:`detector.inference.detect.detect`, unchanged: an in-memory image gets
@@ -26,7 +28,7 @@ Decisions:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +39,8 @@ from detector.core.records import ImageRecord
 from detector.core.timing import StageTimer
 from detector.inference.detect import detect
 from detector.model.detector import DetectorModel, load_model
+from detector.visualization.draw import draw_detections
+from proposals.external import check_boxes
 from proposals.selective_search import selective_search
 
 DEFAULT_SVM_THRESHOLD = 0.0
@@ -54,9 +58,22 @@ class Prediction:
     class_names: list[str]
     width: int
     height: int
+    classes: list[str] = field(default_factory=list, repr=False)  # the model's class list
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # the RGB pixels scored
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def draw(self, image: Any = None) -> np.ndarray:
+        """The image (default: the one predicted on; or a path or RGB array of the same size) with
+        each box in its class colour, labelled with class and score: an RGB uint8 array."""
+        pixels = self.image if image is None else as_rgb(image)[0]
+        if pixels is None:
+            raise ValueError("this Prediction holds no image: pass the image to draw on")
+        if pixels.shape[:2] != (self.height, self.width):
+            raise ValueError(f"the image is {pixels.shape[1]}x{pixels.shape[0]}, the prediction was made on "
+                             f"{self.width}x{self.height}")
+        return draw_detections(pixels, self.boxes, self.scores, self.labels, self.classes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``width``, ``height``, ``boxes``, ``scores``, ``labels``, ``class_names``)."""
@@ -106,26 +123,36 @@ class Detector:
         return selective_search(image, mode=settings.method, max_side=settings.max_side)
 
     def predict(self, image: Any, score_threshold: float | None = None,
-                proposals: Any = None) -> Prediction | list[Prediction]:
-        """Detections of a path or RGB array (a Prediction), or of a list of them (a list);
-        ``proposals``: M x 4 boxes per image (a list for a list) instead of selective search."""
+                proposals: Any = None, channels: str = "RGB") -> Prediction | list[Prediction]:
+        """Detections of a path or an image array (a Prediction), or of a list of them (a list).
+
+        ``channels``: the order of an array's channels, "RGB" (PIL, imageio, matplotlib) or "BGR"
+        (``cv2.imread``); paths are read as RGB whatever it says.  ``proposals``: M x 4 boxes per
+        image (a list for a list) instead of selective search, checked as ``--proposals`` files
+        are (finite, x1 < x2, y1 < y2, inside the image)."""
+        if channels not in ("RGB", "BGR"):
+            raise ValueError(f"channels must be 'RGB' or 'BGR', not {channels!r}")
         if isinstance(image, (list, tuple)):
             boxes = proposals if proposals is not None else [None] * len(image)
             if len(boxes) != len(image):
                 raise ValueError(f"proposals: {len(boxes)} arrays for {len(image)} images")
-            return [self._predict_one(i, score_threshold, b) for i, b in zip(image, boxes)]
-        return self._predict_one(image, score_threshold, proposals)
+            return [self._predict_one(i, score_threshold, b, channels) for i, b in zip(image, boxes)]
+        return self._predict_one(image, score_threshold, proposals, channels)
 
     def _predict_one(self, image: Any, score_threshold: float | None,
-                     proposals: np.ndarray | None) -> Prediction:
+                     proposals: np.ndarray | None, channels: str) -> Prediction:
         pixels, path = as_rgb(image)
+        if path is None and channels == "BGR":
+            pixels = np.ascontiguousarray(pixels[:, :, ::-1])
         height, width = pixels.shape[:2]
         record = ImageRecord(path.stem if path else "image", path or Path("<memory>"), width, height)
-        boxes = self.proposals(pixels) if proposals is None else np.asarray(proposals, np.float32).reshape(-1, 4)
+        boxes = (self.proposals(pixels) if proposals is None
+                 else check_boxes(proposals, width, height, f"proposals= of {path or 'the image array'}"))
         found = detect(self.model, record, boxes, StageTimer(), image=pixels)
         threshold = self.default_threshold if score_threshold is None else score_threshold
         keep = found.scores >= threshold
         labels = found.labels[keep].astype(np.int64)
         return Prediction(np.asarray(found.boxes[keep], np.float32), np.asarray(found.scores[keep], np.float64),
-                          labels, [self.model.classes[k] for k in labels], width, height)
+                          labels, [self.model.classes[k] for k in labels], width, height,
+                          list(self.model.classes), pixels)
 

@@ -259,3 +259,27 @@ def test_an_image_without_detections_says_so_on_its_drawn_copy(tiny_trained, tmp
     original = load_image(image)
     changed = np.abs(drawn.astype(int) - original.astype(int)).sum(axis=2) > 60
     assert changed[: drawn.shape[0] // 4].any() and not changed[drawn.shape[0] // 2:].any()  # a caption at the top
+
+
+def test_draw_channels_and_checked_proposals(tiny_trained, detector):
+    from detector.visualization.draw import draw_detections
+    record = load_voc(tiny_trained[0], "train").records[1]
+    rgb = load_image(record.path)
+    result = detector.predict(rgb, score_threshold=-100, proposals=record.boxes)
+    assert len(result) > 0
+    expected = draw_detections(rgb, result.boxes, result.scores, result.labels, detector.classes)
+    assert np.array_equal(result.draw(), expected) and np.array_equal(result.draw(record.path), expected)
+    assert not np.array_equal(result.draw(), rgb)
+    with pytest.raises(ValueError, match="the prediction was made on"):
+        result.draw(rgb[:10])
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # what cv2.imread gives
+    as_bgr = detector.predict(bgr, score_threshold=-100, proposals=record.boxes, channels="BGR")
+    assert np.array_equal(as_bgr.scores, result.scores) and np.array_equal(as_bgr.boxes, result.boxes)
+    assert not np.array_equal(detector.predict(bgr, score_threshold=-100, proposals=record.boxes).scores,
+                              result.scores)  # the channel order matters: why the argument exists
+    with pytest.raises(ValueError, match="channels must be 'RGB' or 'BGR'"):
+        detector.predict(rgb, channels="bgr")
+    inverted = record.boxes.copy()
+    inverted[0] = inverted[0][[2, 1, 0, 3]]
+    with pytest.raises(ValueError, match="proposals= of the image array: 1 box"):
+        detector.predict(rgb, proposals=inverted)
