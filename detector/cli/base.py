@@ -3,11 +3,13 @@ that ``--help`` answers at once: one-line errors, and a ``main`` that ends non-z
 when SIGTERM or SIGINT stops it."""
 from __future__ import annotations
 
+import argparse
 import functools
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from detector.core.interrupt import Interrupted, current_stage, raising_on_signals
 
@@ -33,12 +35,35 @@ def interruptible(tool: str) -> Iterator[None]:
         raise SystemExit(128 + signum) from None
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every tool's help: its docstring as written, and each option's default where it has one that
+    its help does not state already (argparse's ``ArgumentDefaultsHelpFormatter`` would also print
+    "(default: None)" and repeat the defaults our help texts give)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or default == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def tool_main(tool: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Decorate a tool's ``main`` to run it ``interruptible(tool)``."""
+    """Decorate a tool's ``main`` to run it ``interruptible(tool)``; a one-line error the tool ends
+    with (``SystemExit("TOOL: ...")``) names the command as the user typed it (``sppnet-predict``
+    for the console script, ``predict.py`` for ``tools/predict.py``)."""
     def decorate(main: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> None:
-            with interruptible(tool):
-                main(argv)
+            typed = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else tool
+            try:
+                with interruptible(typed if typed.startswith("sppnet-") else tool):
+                    main(argv)
+            except SystemExit as stop:
+                if (typed.startswith("sppnet-") and isinstance(stop.code, str)
+                        and stop.code.startswith(f"{tool}: ")):
+                    raise SystemExit(f"{typed}: {stop.code[len(tool) + 2:]}") from stop.__cause__
+                raise
         return run
     return decorate

@@ -18,7 +18,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from detector.benchmarks.distributed import bench_distributed, format_bench
-from detector.cli.base import error_line, tool_main
+from detector.cli.base import HelpFormatter, error_line, tool_main
 from detector.cli.common import add_dataset_arguments, dataset_from_args, process_group, setup_logging
 from detector.config import config_from_dict
 from detector.core import distributed
@@ -30,8 +30,8 @@ from detector.model.detector import read_model_file
 @record  # under torchrun, a failing rank's traceback is in the agent's report
 @tool_main("bench_distributed.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_arguments(parser, default_demo_split="test")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_dataset_arguments(parser, default_split="test")
     parser.add_argument("--model", type=Path, required=True, help="model.pt written by tools/train_det.py")
     parser.add_argument("--images", type=int, default=100, help="the first N images of the split (default 100)")
     parser.add_argument("--out", type=Path, required=True,
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         device = config_from_dict(read_model_file(args.model)["config"]).device
         with process_group(device):
             model_classes = read_model_file(args.model)["classes"]
-            dataset = dataset_from_args(args, default_demo_split="test", classes=list(model_classes)).first(args.images)
+            dataset = dataset_from_args(args, default_split="test", classes=list(model_classes)).first(args.images)
             result = bench_distributed(args.model, dataset, args.out, progress=not args.quiet)
             if distributed.is_main():
                 write_json_atomic(args.out / "bench.json", result)

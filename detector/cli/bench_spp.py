@@ -5,12 +5,13 @@ import argparse
 
 import torch
 
+from detector.cli.base import HelpFormatter
 from detector.core.runtime import keep_freed_memory
 from detector.features.spp import benchmark_pool_windows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--channels", type=int, default=112,
                         help="map channels (default 112: efficientnet_lite0 at stride 16)")
     parser.add_argument("--height", type=int, default=43, help="map height (default 43: 688 px at stride 16)")

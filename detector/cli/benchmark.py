@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model
-from detector.cli.base import error_line, tool_main
+from detector.cli.base import HelpFormatter, error_line, tool_main
 from detector.cli.common import add_dataset_arguments, dataset_from_args, setup_logging
 from detector.config import make_config
 from detector.core.runtime import keep_freed_memory
@@ -26,9 +26,8 @@ from detector.model.detector import load_model
 
 @tool_main("benchmark.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_arguments(parser, default_demo_split="test")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_dataset_arguments(parser, default_split="test")
     parser.add_argument("--images", type=int, default=10,
                         help="images to time (default 10, the first of the split)")
     parser.add_argument("--model", type=Path,
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()
     try:
         model = load_model(args.model) if args.model is not None else None
-        dataset = dataset_from_args(args, default_demo_split="test",
+        dataset = dataset_from_args(args, default_split="test",
                                     classes=model.classes if model is not None else None)
         if model is None:
             model = fresh_model(dataset.classes, make_config("cpu"))

@@ -11,18 +11,18 @@ from pathlib import Path
 from detector.config import FEATURE_PATHS, PRESETS, Config, make_config
 from detector.core import distributed
 from detector.data.demo import make_demo_dataset
-from detector.data.voc import VOCDataset, load_voc
+from detector.data.voc import VOCDataset, load_voc, split_file
 from proposals.cache import ProposalCache, default_cache_folder
 from proposals.selective_search import MODES
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser, default_demo_split: str) -> None:
+def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
     """--voc-root / --split / --classes; no --voc-root means the embedded demo dataset."""
     parser.add_argument("--voc-root", type=Path,
                         help="VOC2007-style folder (Annotations/, JPEGImages/, ImageSets/Main/); "
                              "default: the embedded demo dataset, generated on first use")
-    parser.add_argument("--split", help=f"split file name in ImageSets/Main "
-                                        f"(default: train; {default_demo_split} on the demo data)")
+    parser.add_argument("--split", help=f"split file name in ImageSets/Main (default: {default_split}; a "
+                                        "dataset without one needs --split)")
     parser.add_argument("--classes", nargs="+", help="class names (default: from the annotations)")
 
 
@@ -91,11 +91,17 @@ def dataset_root_from_args(args: argparse.Namespace) -> Path:
     return args.voc_root if args.voc_root is not None else make_demo_dataset()
 
 
-def dataset_from_args(args: argparse.Namespace, default_demo_split: str,
+def dataset_from_args(args: argparse.Namespace, default_split: str,
                       classes: list[str] | None = None) -> VOCDataset:
-    """Load the split named by the arguments (building the demo dataset when none is named)."""
+    """Load the split named by the arguments (building the demo dataset when none is named); with
+    no --split, ``default_split`` ("train" to train, "test" to test), refused by name when the
+    dataset has no such split (a test never falls back to training images)."""
     root = dataset_root_from_args(args)
-    split = args.split or ("train" if args.voc_root is not None else default_demo_split)
+    split = args.split or default_split
+    if args.split is None and not split_file(root, split).is_file():
+        found = sorted(p.stem for p in split_file(root, split).parent.glob("*.txt"))
+        raise SystemExit(f"{root} has no {split!r} split ({split_file(root, split)}); name one with --split"
+                         + (f" ({', '.join(found)})" if found else ""))
     try:
         return load_voc(root, split, classes or args.classes)
     except (FileNotFoundError, ValueError) as error:

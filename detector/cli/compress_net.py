@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.base import error_line
+from detector.cli.base import HelpFormatter, error_line
 from detector.model.compression import compress_model
 from detector.model.detector import load_model, save_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model.pt written by tools/train_det.py")
     parser.add_argument("--rank", type=int, required=True, help="rank of the compressed fc6, e.g. 256")
     parser.add_argument("--out", type=Path, required=True, help="compressed model file to write")

@@ -12,7 +12,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from detector.cli.base import error_line, tool_main
+from detector.cli.base import HelpFormatter, error_line, tool_main
 from detector.cli.common import add_proposal_arguments, process_group, proposal_cache_from_args
 from detector.core import distributed
 from detector.data.voc import load_voc
@@ -22,7 +22,7 @@ from proposals.cache import ComputeReport, compute_proposals
 @record  # under torchrun, a failing rank's traceback is in the agent's report
 @tool_main("compute_proposals.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_proposal_arguments(parser)
     args = parser.parse_args(argv)
     where = f"[rank {os.environ.get('RANK', '0')}] " if distributed.env_world_size() > 1 else ""

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.base import error_line
+from detector.cli.base import HelpFormatter, error_line
 from detector.core.integrity import convert_trusted_file
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("source", type=Path, help="the state file to convert (one you trust)")
     parser.add_argument("--out", type=Path, required=True, help="converted file to write (not the source)")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.base import error_line, tool_main
+from detector.cli.base import HelpFormatter, error_line, tool_main
 from detector.cli.common import setup_logging
 from detector.engine.ensemble import ensemble_result_dirs
 from detector.evaluation.voc_eval import format_ap_table
@@ -15,13 +15,15 @@ from detector.evaluation.voc_eval import format_ap_table
 
 @tool_main("ensemble.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc-root", type=Path, required=True)
-    parser.add_argument("--split", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--voc-root", type=Path, required=True, help="the dataset the results were made on")
+    parser.add_argument("--split", required=True, help="the split the results were made on")
     parser.add_argument("result_dirs", nargs="+", type=Path, help="result folders written by test_det.py")
     parser.add_argument("--out", type=Path, required=True, help="folder for the merged result files")
-    parser.add_argument("--nms-iou", type=float, default=0.3)
-    parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07")
+    parser.add_argument("--nms-iou", type=float, default=0.3,
+                        help="IoU above which a detection of one model suppresses a lower-scored one of another")
+    parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
+                        help="voc07: 11-point AP; voc10: area under the precision envelope")
     args = parser.parse_args(argv)
     setup_logging()
     try:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.cli.base import HelpFormatter
 from detector.data.demo import DEMO_CLASSES, default_demo_root, make_demo_dataset
 from detector.data.voc import load_voc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--root", type=Path, default=None,
                         help=f"output folder (default {default_demo_root()})")
     parser.add_argument("--train", type=int, default=240, help="number of training images")

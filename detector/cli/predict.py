@@ -22,12 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.cli.base import error_line, tool_main  # light: --help imports neither torch nor numba
+from detector.cli.base import HelpFormatter, error_line, tool_main  # light: --help imports neither torch nor numba
 
 
 @tool_main("predict.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model.pt written by tools/train_det.py")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     parser.add_argument("--out", type=Path, required=True, help="output folder (not one holding the inputs)")

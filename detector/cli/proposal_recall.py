@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from detector.cli.base import tool_main
+from detector.cli.base import HelpFormatter, tool_main
 from detector.cli.common import add_proposal_arguments, proposal_cache_from_args
 from detector.data.voc import load_voc
 from proposals.cache import compute_proposals, search_timings
@@ -13,7 +13,7 @@ from proposals.recall import proposal_recall
 
 @tool_main("proposal_recall.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_proposal_arguments(parser)
     parser.add_argument("--iou", type=float, default=0.5, help="IoU at which a GT box counts as recalled")
     parser.add_argument("--max-proposals", type=int, help="use only each image's first N proposals")

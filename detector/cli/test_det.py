@@ -25,7 +25,7 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from detector.cli.base import error_line, tool_main
+from detector.cli.base import HelpFormatter, error_line, tool_main
 from detector.cli.common import (
     add_dataset_arguments,
     dataset_from_args,
@@ -44,9 +44,8 @@ from detector.visualization.plots import plot_pr_curves
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_arguments(parser, default_demo_split="test")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_dataset_arguments(parser, default_split="test")
     parser.add_argument("--model", type=Path, help="model.pt written by tools/train_det.py")
     parser.add_argument("--out", type=Path, help="folder for result files and metrics.json")
     parser.add_argument("--eval-only", type=Path, metavar="DIR",
@@ -119,9 +118,12 @@ def main(argv: list[str] | None = None) -> None:
             device = config_from_dict(read_model_file(args.model)["config"]).device
         with process_group(device):
             model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)), overrides)
-            dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
+            dataset = dataset_from_args(args, default_split="test", classes=model.classes)
             if args.images is not None:
                 dataset = dataset.first(args.images)
+            if distributed.is_main():
+                print(f"testing {args.model} on {dataset.root} split {dataset.split!r} ({len(dataset.records)} "
+                      "images)", flush=True)
             metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
                                     progress=not args.quiet, show_dir=args.show_dir, show=args.show)
             if distributed.is_main():

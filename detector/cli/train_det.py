@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from detector.cli.base import error_line, tool_main
+from detector.cli.base import HelpFormatter, error_line, tool_main
 from detector.cli.common import (
     add_config_arguments,
     add_dataset_arguments,
@@ -27,8 +27,8 @@ from detector.engine.train import STOP_AFTER, train_detector
 @record  # under torchrun, a failing rank's traceback is in the agent's report
 @tool_main("train_det.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_dataset_arguments(parser, default_demo_split="train")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_dataset_arguments(parser, default_split="train")
     add_config_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     parser.add_argument("--proposals", metavar="DIR_OR_FILE",
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.proposals is not None:
         args.set = [*args.set, f"proposals.source={Path(args.proposals).resolve()}"]
     config = config_from_args(args)
-    dataset = dataset_from_args(args, default_demo_split="train")
+    dataset = dataset_from_args(args, default_split="train")
     with process_group(config.device):
         try:
             model_path = train_detector(dataset, config, args.out, progress=not args.quiet,

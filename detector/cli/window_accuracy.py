@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from detector.cli.base import error_line, tool_main
+from detector.cli.base import HelpFormatter, error_line, tool_main
 from detector.cli.common import (
     add_dataset_arguments,
     dataset_from_args,
@@ -21,8 +21,8 @@ from detector.model.detector import load_model
 
 @tool_main("window_accuracy.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_dataset_arguments(parser, default_demo_split="test")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_dataset_arguments(parser, default_split="test")
     parser.add_argument("--model", type=Path, required=True, help="model.pt from tools/train_det.py")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()
     try:
         model = load_model(args.model, cache_dir=cache_root(dataset_root_from_args(args)))
-        dataset = dataset_from_args(args, default_demo_split="test", classes=model.classes)
+        dataset = dataset_from_args(args, default_split="test", classes=model.classes)
         images = training_windows(dataset, model.config, progress=not args.quiet)
         accuracy = window_accuracy(model, images, args.seed, progress=not args.quiet)
     except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file

@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 
+def cache_base() -> Path:
+    """The folder of every cache of the project: ``$SPPNET_CACHE``, default ``~/.cache/sppnet``."""
+    return Path(os.environ.get("SPPNET_CACHE", "~/.cache/sppnet")).expanduser()
+
+
 def cache_root(voc_root: str | Path) -> Path:
     """Cache folder of a dataset: ``$SPPNET_CACHE`` (default ``~/.cache/sppnet``) / ``<name>-<hash>``.
 
@@ -13,8 +18,7 @@ def cache_root(voc_root: str | Path) -> Path:
     """
     resolved = Path(voc_root).expanduser().resolve()
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
-    base = Path(os.environ.get("SPPNET_CACHE", "~/.cache/sppnet")).expanduser()
-    return base / f"{resolved.name}-{digest}"
+    return cache_base() / f"{resolved.name}-{digest}"
 
 
 def check_name(name: str, what: str) -> str:

@@ -5,12 +5,23 @@ loop then reads those rows, takes their channel-wise max, derives coarser levels
 in a small per-window buffer and writes every bin straight into its place in the flattened
 ``C x n x n`` output.  Done with torch ops instead, the gathered rows, their maxima and the
 transposed copy each travel through memory separately; 79% of that path's time was the copies
-(``tools/bench_spp.py`` profile).  Numba compiles the loop once per dtype and caches it on disk.
+(``tools/bench_spp.py`` profile).  Numba compiles the loop once per dtype and caches it on disk, in
+``$SPPNET_CACHE/numba`` (``detector.core.paths.cache_base``) unless ``NUMBA_CACHE_DIR`` says
+otherwise: numba's default, a ``__pycache__`` beside the installed source, fails or warns on a
+read-only install.
 """
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit
+
+from detector.core.paths import cache_base
+
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    numba.config.CACHE_DIR = str(cache_base() / "numba")  # read when each function below is decorated
 
 
 @njit(cache=True, nogil=True, inline="always")

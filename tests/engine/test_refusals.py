@@ -122,3 +122,34 @@ def test_unsafe_ids_classes_and_model_classes_are_refused(tiny_demo, tiny_traine
     torch.save(state, tmp_path / "model.pt")
     with pytest.raises(ValueError, match=f"{tmp_path / 'model.pt'}: class name '../x' cannot"):
         load_model(tmp_path / "model.pt")
+
+
+def test_help_shows_defaults_and_errors_name_the_command_as_typed(tiny_demo, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        ensemble.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.3)" in text and "(default: voc07)" in text and "(default: None)" not in text
+    monkeypatch.setattr("sys.argv", ["/usr/local/bin/sppnet-ensemble"])
+    with pytest.raises(SystemExit, match="^sppnet-ensemble: result folder .* is given twice"):
+        ensemble.main(["--voc-root", str(tiny_demo), "--split", "test", str(tmp_path), str(tmp_path),
+                       "--out", str(tmp_path / "m")])
+    monkeypatch.setattr("sys.argv", ["tools/ensemble.py"])
+    with pytest.raises(SystemExit, match="^ensemble.py: result folder"):
+        ensemble.main(["--voc-root", str(tiny_demo), "--split", "test", str(tmp_path), str(tmp_path),
+                       "--out", str(tmp_path / "m")])
+
+
+def test_testing_without_split_takes_test_and_never_falls_back_to_training_images(tiny_trained, tmp_path, capsys,
+                                                                                   monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    copy = tmp_path / "voc"
+    shutil.copytree(root, copy)
+    (copy / "ImageSets" / "Main" / "test.txt").unlink()
+    with pytest.raises(SystemExit, match=f"{copy} has no 'test' split .*name one with --split .train"):
+        test_det.main(["--voc-root", str(copy), "--model", str(run / "model.pt"), "--out", str(tmp_path / "t")])
+    assert not (tmp_path / "t").exists()
+    test_det.main(["--voc-root", str(root), "--model", str(run / "model.pt"), "--out", str(tmp_path / "t2"),
+                   "--quiet", "--images", "1"])
+    assert capsys.readouterr().out.splitlines()[0] == (f"testing {run / 'model.pt'} on {root} split 'test' "
+                                                       "(1 images)")

@@ -166,3 +166,16 @@ def test_forward_gradient_flows_to_the_max_cells():
     SpatialPyramidPooling((2, 1))(fmap).sum().backward()
     # every bin sends gradient 1 to its arg-max cell: 5 bins per channel
     assert fmap.grad.sum().item() == pytest.approx(2 * 5)
+
+
+def test_numba_caches_its_compiled_kernel_in_the_project_cache(tmp_path):
+    """Not beside the installed source (``__pycache__`` of a read-only install)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np, torch\n"
+            "from detector.features.spp import SpatialPyramidPooling\n"
+            "SpatialPyramidPooling((2, 1)).pool_windows(torch.rand(4, 6, 6), torch.tensor([[0, 0, 5, 5]]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    subprocess.run([sys.executable, "-c", code], check=True, env={**env, "SPPNET_CACHE": str(tmp_path)})
+    assert list((tmp_path / "numba").rglob("spp_kernel.pool_from_table*.nbi"))
