@@ -5,10 +5,16 @@ Decisions:
 - OpenCV draws (``cv2.rectangle``, ``cv2.putText`` with ``LINE_AA``); images are RGB uint8 in
   and out, written through ``cv2.imencode`` and ``detector.core.io`` (atomic).
 - One colour per class from ``PALETTE``, a fixed list (class k takes entry k mod its length),
-  so a class has the same colour in every picture of a model.
+  so a class has the same colour in every picture of a model.  The colours are saturated (no
+  cream, mint or grey, which faded into photos), and every box line has a thin dark edge on
+  both sides, so it stands out on light and dark backgrounds alike.
 - Labels ("name 0.93") sit on a box of the class colour filled solid, the text black or white
-  by the colour's luminance, so they read on any image; a label that would leave the image
-  at the top goes inside the box.
+  by the colour's luminance, so they read on any image.  ``place_labels`` puts them, best
+  score first, where none covers another (as detectron2's Visualizer moves overlapping
+  labels): above the box's top-left corner, else just inside it, else below the box, else
+  stacked down inside the box, then further above and below it, then the same right-aligned
+  and in columns beside the box, always within the image; only when every such place is taken
+  does a label go where it overlaps least.
 - Line width and font size grow with the image (``_style``): at least 2 pixels, about 1/250 and 1/600 of the short
   side, so a label stays legible on a 300-pixel demo image and on a 4000-pixel photo.
 - Missed ground truth is drawn dashed: OpenCV has no dashed rectangle, so ``_dashed_rectangle``
@@ -27,10 +33,11 @@ from detector.core.io import write_bytes_atomic
 # Distinct saturated colours (RGB), readable as box outlines on photos; 20 entries for VOC.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
-    (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
-    (128, 128, 128), (255, 225, 25),
+    (240, 50, 230), (210, 245, 60), (255, 80, 160), (0, 128, 128), (120, 90, 255), (170, 110, 40),
+    (255, 200, 0), (128, 0, 0), (0, 220, 110), (128, 128, 0), (255, 120, 90), (0, 0, 160),
+    (0, 190, 255), (255, 235, 0),
 )
+EDGE_COLOUR = (20, 20, 20)  # the thin dark edge around every box line
 TP_COLOUR = (40, 200, 40)
 FP_COLOUR = (230, 30, 30)
 MISSED_COLOUR = (255, 220, 0)
@@ -64,26 +71,82 @@ def _label_size(image: np.ndarray, text: str) -> tuple[int, int, float, int]:
     return width + 2 * pad, height + baseline + 2 * pad, scale, font_thickness
 
 
+def _overlap(a: Sequence[int], b: Sequence[int]) -> int:
+    """Area shared by two (x0, y0, x1, y1) rectangles (x1, y1 exclusive)."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(sizes: Sequence[tuple[int, int]], boxes: np.ndarray, height: int,
+                 width: int) -> list[tuple[int, int]]:
+    """Top-left corners for labels of ``sizes`` (width, height) on ``boxes`` (x1 y1 x2 y2), in the
+    given order (best first), so that no label covers one placed before it (module notes)."""
+    placed: list[tuple[int, int, int, int]] = []
+    corners = []
+    for (w, h), box in zip(sizes, np.asarray(boxes, np.float64).reshape(-1, 4)):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        step = max(1, h // 2)
+        rows = ([y1 - h, y1, y2, y2 - h] + list(range(y1 + h, max(y2 - h, y1 + h) + 1, step))
+                + [y for k in range(1, height // step + 1) for y in (y1 - h - k * step, y2 + k * step)])
+        candidates = []
+        columns = [x1, x2 - w] + [x for k in range(1, width // max(w, 1) + 1) for x in (x2 + (k - 1) * w, x1 - k * w)]
+        for x0 in columns:  # left- or right-aligned with the box, else columns beside it
+            x0 = int(np.clip(x0, 0, max(width - w, 0)))
+            for y0 in rows:
+                if not -h < y0 < height:
+                    continue
+                y0 = int(np.clip(y0, 0, max(height - h, 0)))
+                rect = (x0, y0, x0 + w, y0 + h)
+                cost = sum(_overlap(rect, other) for other in placed)
+                candidates.append((cost, rect))
+                if cost == 0:
+                    break
+            if candidates[-1][0] == 0:
+                break
+        free = next((rect for cost, rect in candidates if cost == 0), None)
+        rect = free if free is not None else min(candidates, key=lambda c: c[0])[1]
+        placed.append(rect)
+        corners.append(rect[:2])
+    return corners
+
+
 def draw_label(image: np.ndarray, text: str, x: float, y: float, colour: Sequence[int],
-               inside: bool = False) -> None:
+               inside: bool = False, at: tuple[int, int] | None = None) -> None:
     """Write ``text`` on a filled box of ``colour`` just above (x, y), or below it when ``inside``
-    or when there is no room above; always within the image."""
+    or when there is no room above; always within the image (``at``: its top-left corner, as
+    ``place_labels`` chose it)."""
     box_width, box_height, scale, font_thickness = _label_size(image, text)
     pad = max(2, _style(image)[0] // 2 + 1)
-    x0 = int(np.clip(x, 0, max(image.shape[1] - box_width, 0)))
-    y0 = int(y) if inside else int(y) - box_height
-    if y0 < 0:
-        y0 = max(int(y), 0)
-    y0 = min(y0, max(image.shape[0] - box_height, 0))
+    if at is not None:
+        x0, y0 = at
+    else:
+        x0 = int(np.clip(x, 0, max(image.shape[1] - box_width, 0)))
+        y0 = int(y) if inside else int(y) - box_height
+        if y0 < 0:
+            y0 = max(int(y), 0)
+        y0 = min(y0, max(image.shape[0] - box_height, 0))
     cv2.rectangle(image, (x0, y0), (x0 + box_width - 1, y0 + box_height - 1), tuple(colour), -1)
     (_, text_height), _ = cv2.getTextSize(text, _FONT, scale, font_thickness)
     cv2.putText(image, text, (x0 + pad, y0 + pad + text_height), _FONT, scale, _text_colour(colour), font_thickness,
                 cv2.LINE_AA)
 
 
-def _rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int) -> None:
+def _rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int,
+               edge: bool = False) -> None:
+    """A box line of ``colour``; with ``edge``, on a line 2 pixels wider of ``EDGE_COLOUR``."""
     x1, y1, x2, y2 = (int(round(v)) for v in box)
+    if edge:
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), EDGE_COLOUR, thickness + 2)
     cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), tuple(colour), thickness)
+
+
+def _draw_labels(image: np.ndarray, texts: Sequence[str], boxes: np.ndarray, colours: Sequence[Sequence[int]],
+                 scores: np.ndarray) -> None:
+    """Labels on ``boxes``, placed best score first so that none covers another (``place_labels``)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    sizes = [_label_size(image, texts[i])[:2] for i in order]
+    corners = place_labels(sizes, np.asarray(boxes)[order], image.shape[0], image.shape[1])
+    for i, corner in zip(order, corners):
+        draw_label(image, texts[i], 0, 0, colours[i], at=corner)
 
 
 def _dashed_rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int) -> None:
@@ -108,10 +171,9 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     thickness, _ = _style(canvas)
     order = np.argsort(scores, kind="stable")  # best drawn last, on top
     for i in order:
-        colour = class_colour(labels[i])
-        _rectangle(canvas, boxes[i], colour, thickness)
-    for i in order:
-        draw_label(canvas, f"{classes[labels[i]]} {scores[i]:.2f}", boxes[i][0], boxes[i][1], class_colour(labels[i]))
+        _rectangle(canvas, boxes[i], class_colour(labels[i]), thickness, edge=True)
+    _draw_labels(canvas, [f"{classes[k]} {s:.2f}" for k, s in zip(labels, scores)], boxes,
+                 [class_colour(k) for k in labels], scores)
     return canvas
 
 
@@ -137,8 +199,8 @@ def draw_evaluation(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
                     classes: Sequence[str], tp: np.ndarray, ignored: np.ndarray, gt_boxes: np.ndarray,
                     gt_labels: np.ndarray, missed: np.ndarray) -> np.ndarray:
     """``image`` with detections judged against GT: true positives green, false positives red,
-    detections of difficult GT grey, missed GT dashed yellow (labelled inside its top edge, under
-    the detections' labels), and a legend in a strip below the image."""
+    detections of difficult GT grey, missed GT dashed yellow (labelled "missed", placed after the
+    detections' labels), and a legend in a strip below the image."""
     canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
     thickness, _ = _style(canvas)
     for box, label in zip(gt_boxes[missed], gt_labels[missed]):
@@ -146,11 +208,13 @@ def draw_evaluation(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     colours = [TP_COLOUR if t else IGNORED_COLOUR if g else FP_COLOUR for t, g in zip(tp, ignored)]
     order = np.argsort(scores, kind="stable")
     for i in order:
-        _rectangle(canvas, boxes[i], colours[i], thickness)
-    for box, label in zip(gt_boxes[missed], gt_labels[missed]):
-        draw_label(canvas, f"missed {classes[label]}", box[0], box[1], MISSED_COLOUR, inside=True)
-    for i in order:
-        draw_label(canvas, f"{classes[labels[i]]} {scores[i]:.2f}", boxes[i][0], boxes[i][1], colours[i])
+        _rectangle(canvas, boxes[i], colours[i], thickness, edge=True)
+    missed_boxes = np.asarray(gt_boxes)[missed].reshape(-1, 4)
+    texts = ([f"{classes[k]} {s:.2f}" for k, s in zip(labels, scores)]
+             + [f"missed {classes[k]}" for k in np.asarray(gt_labels)[missed]])
+    _draw_labels(canvas, texts, np.concatenate([np.asarray(boxes).reshape(-1, 4), missed_boxes]),
+                 colours + [MISSED_COLOUR] * len(missed_boxes),
+                 np.concatenate([np.asarray(scores, np.float64), np.full(len(missed_boxes), -np.inf)]))
     return with_legend(canvas, [("true positive", TP_COLOUR), ("false positive", FP_COLOUR),
                                 ("missed ground truth", MISSED_COLOUR), ("difficult (ignored)", IGNORED_COLOUR)])
 

@@ -66,3 +66,36 @@ def test_plots_are_written_as_png(tmp_path):
     for name in ("pr.png", "curves.png"):
         picture = cv2.imread(str(tmp_path / name))
         assert picture is not None and picture.shape[0] > 200 and picture.std() > 5
+
+
+def test_labels_of_a_crowded_scene_never_cover_each_other():
+    from detector.visualization.draw import _label_size, place_labels
+    rng = np.random.default_rng(0)
+    image = _grey(375, 500)
+    # a crowd: 12 overlapping boxes around one spot, and a box at each border
+    centre = np.array([200, 150, 300, 300], np.float32)
+    boxes = np.concatenate([centre + rng.uniform(-15, 15, (12, 4)).astype(np.float32),
+                            np.array([[0, 0, 500, 40], [460, 330, 500, 375]], np.float32)])
+    texts = [f"person 0.{90 - i}" for i in range(len(boxes))]
+    sizes = [_label_size(image, t)[:2] for t in texts]
+    corners = place_labels(sizes, boxes, 375, 500)
+    rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, sizes)]
+    for i, a in enumerate(rects):
+        assert 0 <= a[0] and a[2] <= 500 and 0 <= a[1] and a[3] <= 375, a  # inside the image
+        for b in rects[:i]:
+            assert max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1])) == 0
+    # the best label keeps its usual place, just above its box
+    assert corners[0] == (int(round(boxes[0][0])), int(round(boxes[0][1])) - sizes[0][1])
+
+
+def test_every_class_colour_is_saturated_and_boxes_have_a_dark_edge():
+    import colorsys
+    from detector.visualization.draw import EDGE_COLOUR, PALETTE
+    assert len(set(PALETTE)) == len(PALETTE) == 20
+    for colour in PALETTE:  # no cream, mint or grey: they faded into photos
+        _, saturation, value = colorsys.rgb_to_hsv(*(c / 255 for c in colour))
+        assert saturation >= 0.6 and value >= 0.5, colour
+    drawn = draw_detections(np.full((100, 100, 3), 255, np.uint8), np.array([[20, 20, 80, 80]], np.float32),
+                            np.array([0.5]), np.array([12]), [str(k) for k in range(20)])
+    column = drawn[50, 14:26]  # across the left line: white, dark edge, colour, dark edge, white
+    assert (column == EDGE_COLOUR).all(axis=1).sum() >= 2 and (column == class_colour(12)).all(axis=1).any()
