@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="draw the first --show test images with detections and ground truth into DIR "
                              "(green true positive, red false positive, dashed yellow missed ground truth)")
     parser.add_argument("--show", type=int, default=20, metavar="N", help="images drawn with --show-dir (default 20)")
+    parser.add_argument("--show-errors", action="store_true",
+                        help="with --show-dir: draw the N images with the most false positives plus missed objects, "
+                             "worst first (file names start with their rank), instead of the first N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.eval_only is not None:
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"testing {args.model} on {dataset.root} split {dataset.split!r} ({len(dataset.records)} "
                       "images)", flush=True)
             metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
-                                    progress=not args.quiet, show_dir=args.show_dir, show=args.show)
+                                    progress=not args.quiet, show_dir=args.show_dir, show=args.show,
+                                    show_errors=args.show_errors)
             if distributed.is_main():
                 print(format_ap_table(metrics))
                 print("seconds per image: "

@@ -25,7 +25,7 @@ from detector.core.runtime import trimming
 from detector.core.timing import StageTimer
 from detector.data.voc import VOCDataset
 from detector.engine.record import begin_result_folder, finish_result_folder
-from detector.engine.show import KeepFirst, draw_test_images
+from detector.engine.show import KeepForShow, draw_test_images
 from detector.engine.stages import check_writable
 from detector.evaluation.coco_eval import detections_to_coco_json
 from detector.evaluation.evaluator import VOCEvaluator
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 PR_CURVES_PNG = "pr_curves.png"
 
 
-def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvaluator | KeepFirst,
+def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvaluator | KeepForShow,
                  progress: bool = True) -> StageTimer:
     """Detect on every image of the split, feeding ``evaluator`` (anything with its ``process``) in
     the split's order; returns the per-stage timings.
@@ -88,17 +88,19 @@ def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvalua
 
 def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
                   use_07_metric: bool = True, progress: bool = True,
-                  show_dir: Path | None = None, show: int = 20) -> dict:
+                  show_dir: Path | None = None, show: int = 20, show_errors: bool = False) -> dict:
     """Detect, write devkit result files, COCO JSON, metrics.json and the precision-recall curves
     (pr_curves.json, pr_curves.png), and return the metrics; with ``show_dir``, also draw the
-    first ``show`` images (``detector.engine.show``)."""
+    first ``show`` images, or with ``show_errors`` the ``show`` with the most mistakes
+    (``detector.engine.show``)."""
     check_writable([out_dir] + ([show_dir] if show_dir is not None else []))
     made_by = {"model": model.source or {"path": None, "checksum": None}}
     if distributed.is_main():
         begin_result_folder(out_dir, made_by)
         write_classes_file(out_dir, model.classes, dataset.split, dataset.root)
     evaluator = VOCEvaluator(model.classes, use_07_metric)
-    keeper = KeepFirst(evaluator, show if show_dir is not None else 0)
+    keeper = KeepForShow(evaluator, show if show_dir is not None else 0,
+                         default_score_threshold(model.config.test.scorer), show_errors)
     timer = run_detector(model, dataset, keeper, progress)
     if not distributed.is_main():
         return distributed.broadcast_from_main(None)  # rank 0's metrics, once it has written every file
@@ -114,7 +116,8 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"{dataset.split} ({len(dataset.records)} images)")
     if show_dir is not None:
-        draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir)
+        draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir,
+                         ranked=show_errors)
     finish_result_folder(out_dir)
     return distributed.broadcast_from_main(metrics)
 

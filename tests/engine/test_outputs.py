@@ -2,6 +2,7 @@
 precision-recall curves, the drawn test images; and external proposals wired through testing."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,29 @@ def test_a_result_folder_is_one_complete_run_or_visibly_incomplete(tiny_trained,
     assert state["status"] == "incomplete" and state["made_by"]["model"]["checksum"] == "f" * 64
     left = sorted(p.name for p in out.iterdir())
     assert left == ["classes.json", "run.json"], left  # nothing of the earlier run beside it
+
+
+def test_show_errors_keeps_the_images_with_most_mistakes_worst_first():
+    from detector.core.detections import ImageDetections
+    from detector.core.records import ImageRecord
+    from detector.engine.show import KeepForShow, mistakes
+
+    class Sink:
+        def process(self, record, found):
+            pass
+
+    def image(index, wrong):
+        """An image with one GT box, found once, plus ``wrong`` false positives."""
+        record = ImageRecord(f"im{index}", Path(f"im{index}.jpg"), 100, 100, np.array([[10, 10, 50, 50]], np.float32),
+                             np.array([0]), np.array([False]))
+        boxes = np.array([[10, 10, 50, 50]] + [[60, 60 - k, 90, 90 - k] for k in range(wrong)], np.float32)
+        return record, ImageDetections(boxes, np.linspace(0.9, 0.5, len(boxes)), np.zeros(len(boxes), np.int64))
+
+    images = [image(i, wrong) for i, wrong in enumerate([0, 3, 1, 3, 5, 0, 2])]
+    assert [mistakes(r, f, 0.0) for r, f in images] == [0, 3, 1, 3, 5, 0, 2]
+    worst, first = KeepForShow(Sink(), 3, 0.0, errors=True), KeepForShow(Sink(), 3)
+    for record, found in images:
+        worst.process(record, found)
+        first.process(record, found)
+    assert [r.image_id for r, _ in worst.kept] == ["im4", "im1", "im3"]  # 5, 3, 3 (the earlier first)
+    assert [r.image_id for r, _ in first.kept] == ["im0", "im1", "im2"]
