@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; it replaces ``path`` on success."""
@@ -24,6 +31,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make every output private to its writer
     except OSError as error:
         raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}") from error
     try:

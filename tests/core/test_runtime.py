@@ -103,3 +103,16 @@ def test_mapping_large_blocks_maps_them_only_inside_the_block():
     out = subprocess.run([sys.executable, "-c", MAPPED_SCRIPT], capture_output=True, text=True, check=True)
     kept, inside, after = map(int, out.stdout.split())
     assert kept == 0 and inside >= 64_000_000 and after == 0, (kept, inside, after)
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """Written through a temporary file (mkstemp: 0600), an output still gets 0666 less the umask."""
+    import os
+
+    from detector.core.io import write_text_atomic
+    old = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o640
