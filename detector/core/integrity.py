@@ -154,7 +154,7 @@ def load_checked(path: str | Path, what: str, remedy: str,
         raise UnsafeStateError(
             f"{what} {path} holds Python objects that loading would run ({error}), so it was not "
             f"loaded; if it is a {what} of an earlier version from a source you trust, convert it "
-            f"with: python {CONVERT} {path} --out NEW.pt (else {remedy})") from None
+            f"with: python {CONVERT} {path} --out NEW.pt; otherwise {remedy}") from None
     except Exception as error:  # truncated, not a torch file, corrupt: torch raises many kinds
         raise StateFileError(f"{what} {path} is unreadable ({type(error).__name__}: {str(error)[:200]}); "
                              f"{remedy}") from error
