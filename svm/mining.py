@@ -4,10 +4,9 @@ Algorithm (R-CNN's ``rcnn_train.m``, which SPP-net's released code reused):
 
 - Positives first: every non-difficult GT box of a class, over all training images, is
   collected before any negative is looked at (``positives()``, a pass that only needs the GT
-  rows, so the pipeline computes fc7 for the GT boxes alone).  Until a version of this module
-  collected them while the negatives streamed, so the early retrains saw the positives of the
-  first images only; their models evicted, for good, negatives that the final model scores
-  far above the objects (the collapse of the fixed-sample head, dev_val 12.9).
+  rows, so the pipeline computes fc7 for the GT boxes alone).  Version 1 of this module
+  collected them while the negatives streamed, so its early retrains saw the positives of the
+  first images only, and the negatives those models evicted were never looked at again.
 - The model starts at ``w = 0, b = 0`` for every class, so every negative of the first
   image scores 0 > ``hard_threshold`` and enters the caches; every class with a positive is
   retrained right after that first image (R-CNN's ``first_time``).
@@ -86,7 +85,7 @@ class ClassMiningStats:
     negatives_above_positive_median: float = 0.0  # share of cached negatives scoring above it
     objective: float = 0.0  # liblinear's primal objective on the last retrain's data
     solver_iterations: int = 0
-    converged: bool = True  # liblinear reached its tolerance on every retrain
+    converged: bool = True  # the last retrain's solve reached liblinear's tolerance
 
 
 @dataclass
@@ -451,7 +450,7 @@ class HardNegativeMiner:
         class_stats.negatives_above_positive_median = float(np.mean(cache.scores > np.median(positive_scores)))
         class_stats.objective = fit.objective
         class_stats.solver_iterations = fit.iterations
-        class_stats.converged = class_stats.converged and fit.converged
+        class_stats.converged = fit.converged
         evicted = cache.evict_below(config.evict_threshold)
         class_stats.evicted += evicted
         class_stats.retrains += 1
