@@ -27,7 +27,7 @@ from detector.evaluation.voc_eval import (
     METRICS_FILE,
     read_classes_file,
     read_result_files,
-    result_file,
+    result_prefix,
     write_classes_file,
     write_json_atomic,
     write_result_files,
@@ -76,7 +76,7 @@ def result_dir_classes(result_dir: Path, split: str) -> list[str]:
     metrics = _metrics(result_dir)
     if metrics is not None:
         return sorted(metrics["ap"])
-    prefix = result_file(result_dir, split, "CLASS").name.removesuffix("CLASS.txt")
+    prefix = result_prefix(split)
     classes = sorted(p.stem[len(prefix):] for p in result_dir.glob(f"{prefix}*.txt"))
     if not classes:
         raise FileNotFoundError(f"no result files {prefix}<class>.txt in {result_dir}")

@@ -324,10 +324,16 @@ def write_pr_curves_json(path: str | Path, curves: Mapping) -> None:
     write_text_atomic(path, json.dumps(curves, separators=(",", ":")) + "\n")
 
 
+def result_prefix(split: str) -> str:
+    """The start of a split's result file names, ``comp4_det_<split>_`` (a split that is not a plain
+    file-name part is refused)."""
+    return f"comp4_det_{check_name(split, 'split')}_"
+
+
 def result_file(out_dir: str | Path, split: str, class_name: str) -> Path:
     """Path of one class's devkit result file: ``<out_dir>/comp4_det_<split>_<class>.txt`` (a split or
     class name that is not a plain file-name part is refused, so no name leaves ``out_dir``)."""
-    return Path(out_dir) / f"comp4_det_{check_name(split, 'split')}_{check_name(class_name, 'class name')}.txt"
+    return Path(out_dir) / f"{result_prefix(split)}{check_name(class_name, 'class name')}.txt"
 
 
 def write_result_files(
@@ -400,7 +406,7 @@ def read_result_files(
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"result folder {out_dir} not found")
-    prefix = f"comp4_det_{check_name(split, 'split')}_"
+    prefix = result_prefix(split)
     ignored = sorted(p.name for p in out_dir.glob(f"{prefix}*.txt") if p.stem[len(prefix):] not in classes)
     if ignored:
         logger.warning("result files of classes outside the class list are ignored: %s", ignored)
