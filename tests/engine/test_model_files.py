@@ -165,15 +165,15 @@ def test_no_code_path_loads_with_weights_only_false_but_the_converter():
     for folder in ("detector", "svm", "bbox_regression", "proposals", "tools"):
         for path in (ROOT / folder).rglob("*.py"):
             tree = ast.parse(path.read_text())
-            for function in [None, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef))]:
-                for node in ast.walk(function or tree):
+            for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+                for node in ast.walk(function):
                     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                             and node.func.attr == "load" and getattr(node.func.value, "id", None) == "torch"):
                         safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
                                    for k in node.keywords)
-                        if function is not None and not safe:
+                        if not safe:
                             unrestricted.append(f"{path.relative_to(ROOT)}:{function.name}")
-                        restricted += safe and function is not None
+                        restricted += safe
     assert unrestricted == ["detector/core/integrity.py:convert_trusted_file"], unrestricted
     assert restricted >= 2  # read_state and the trunk weights' reader
 
