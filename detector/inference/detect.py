@@ -116,15 +116,22 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
         else:
             kept_boxes = boxes[rows]
     with timer.stage("nms"):
-        keep = batched_nms(torch.from_numpy(np.ascontiguousarray(kept_boxes, np.float32)),
-                           torch.from_numpy(kept_scores.astype(np.float32)),
-                           torch.from_numpy(classes), model.config.test.nms_iou).numpy()
-        keep = keep[: model.config.test.max_per_image]  # batched_nms returns indices by score
-        final_boxes = kept_boxes[keep]
-        if model.config.test.box_voting > 0 and len(keep):
-            # weights: the margin above the drop threshold, > 0 for every window that passed it
-            final_boxes = vote_boxes(final_boxes, classes[keep], kept_boxes, kept_scores - threshold,
-                                     classes, model.config.test.box_voting)
+        found = suppress(model, kept_boxes, kept_scores, classes, threshold)
     timer.images += 1
-    return ImageDetections(np.asarray(final_boxes, np.float32), kept_scores[keep],
-                           classes[keep].astype(np.int64))
+    return found
+
+
+def suppress(model: DetectorModel, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+             threshold: float) -> ImageDetections:
+    """Per-class NMS of scored windows (N x 4 boxes, N scores, N class indices), at most
+    ``max_per_image`` kept by score, then box voting when on: the test pipeline's last step."""
+    keep = batched_nms(torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
+                       torch.from_numpy(np.asarray(scores, np.float32)),
+                       torch.from_numpy(np.asarray(classes, np.int64)), model.config.test.nms_iou).numpy()
+    keep = keep[: model.config.test.max_per_image]  # batched_nms returns indices by score
+    final_boxes = boxes[keep]
+    if model.config.test.box_voting > 0 and len(keep):
+        # weights: the margin above the drop threshold, > 0 for every window that passed it
+        final_boxes = vote_boxes(final_boxes, classes[keep], boxes, scores - threshold,
+                                 classes, model.config.test.box_voting)
+    return ImageDetections(np.asarray(final_boxes, np.float32), scores[keep], classes[keep].astype(np.int64))

@@ -11,7 +11,7 @@ import torch
 from conftest import TRAINED_TINY
 
 from detector import Detector
-from detector.cli import (benchmark, bench_distributed, compress_net, convert_model, predict, test_det,
+from detector.cli import (benchmark, bench_distributed, compress_net, convert_model, predict, scale_sets, test_det,
                           window_accuracy)
 from detector.config import make_config
 from detector.core.integrity import UnsafeStateError, numpy_globals, read_state, state_digest
@@ -91,6 +91,7 @@ def test_every_tool_taking_a_model_refuses_a_malicious_file(tiny_trained, tmp_pa
         "window_accuracy": (window_accuracy.main, [*data, "--model", str(evil)]),
         "benchmark": (benchmark.main, [*data, "--model", str(evil), "--images", "1"]),
         "bench_distributed": (bench_distributed.main, [*data, "--model", str(evil), "--out", str(tmp_path / "b")]),
+        "scale_sets": (scale_sets.main, [*data, "--model", str(evil)]),
     }
     for name, (main, argv) in calls.items():
         with pytest.raises(SystemExit) as stop:

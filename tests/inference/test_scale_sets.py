@@ -1,0 +1,79 @@
+"""Every subset of a scale set from one pass: the same detections as ``detect`` run with that
+subset, window shares and map coverage counted per scale."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.benchmarks.modes import cached_proposals
+from detector.benchmarks.scale_sets import all_subsets, scale_usage, score_every_scale, subset_detections
+from detector.cli import scale_sets as scale_sets_cli
+from detector.core.timing import StageTimer
+from detector.data.voc import load_voc
+from detector.features.geometry import select_scales
+from detector.inference.detect import detect
+from detector.model.detector import load_model
+
+SCALES = (160, 224, 320)
+
+
+@pytest.fixture()
+def tiny_model(tiny_trained, monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    model = load_model(run / "model.pt")
+    dataset = load_voc(root, "test", model.classes)
+    proposals, _ = cached_proposals(dataset, dataset.records, model.config, progress=False)
+    return model, dataset, proposals
+
+
+def test_all_subsets_lists_each_once():
+    subsets = all_subsets(3)
+    assert len(subsets) == 7 and len(set(subsets)) == 7
+    assert subsets[0] == (0,) and subsets[-1] == (0, 1, 2)
+
+
+@pytest.mark.parametrize("scorer", ["svm", "softmax"])
+def test_a_subset_detects_as_detect_with_those_scales(tiny_model, scorer):
+    model, dataset, proposals = tiny_model
+    full = model.with_config(model.config.replace(scales=SCALES, **{"test.scorer": scorer,
+                                                                   "test.box_voting": 0.5}), None)
+    compared = 0
+    for record in dataset.records:
+        scored = score_every_scale(full, record, proposals[record.image_id])
+        for subset in all_subsets(len(SCALES)):
+            one = full.with_config(full.config.replace(scales=tuple(SCALES[i] for i in subset)), None)
+            expected = detect(one, record, proposals[record.image_id], StageTimer())
+            found = subset_detections(full, record, scored, subset)
+            assert len(found.boxes) == len(expected.boxes)
+            order_f, order_e = np.lexsort(found.boxes.T), np.lexsort(expected.boxes.T)
+            np.testing.assert_allclose(found.boxes[order_f], expected.boxes[order_e], rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(found.scores[order_f], expected.scores[order_e], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(found.labels[order_f], expected.labels[order_e])
+            compared += len(expected.boxes)
+    assert compared > 0  # some detections were compared, not only empty lists
+
+
+def test_scale_usage_counts_every_window_once(tiny_model):
+    model, dataset, proposals = tiny_model
+    usage = scale_usage(dataset.records, proposals, SCALES, model.config.max_side, margin=0)
+    assert usage.windows.sum() == sum(len(proposals[r.image_id]) for r in dataset.records)
+    record = dataset.records[0]
+    index = select_scales(proposals[record.image_id], record.height, record.width, SCALES, model.config.max_side)
+    one = scale_usage([record], proposals, SCALES, model.config.max_side, margin=0)
+    np.testing.assert_array_equal(one.windows, np.bincount(index, minlength=len(SCALES)))
+    assert np.all(usage.covered <= usage.pixels) and np.all(usage.covered[usage.windows > 0] > 0)
+    wider = scale_usage(dataset.records, proposals, SCALES, model.config.max_side, margin=16)
+    assert np.all(wider.covered >= usage.covered)
+
+
+def test_the_tool_prints_every_subset(tiny_trained, monkeypatch, capsys, tmp_path):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    scale_sets_cli.main(["--voc-root", str(root), "--split", "test", "--model", str(run / "model.pt"),
+                         "--scales", "160", "224", "--quiet", "--json", str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert "160 224" in out and "subset" in out
+    import json
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert [row["scales"] for row in data["subsets"]] == [[160], [224], [160, 224]]
