@@ -183,25 +183,31 @@ def cached_proposals(dataset: VOCDataset, records: Sequence[ImageRecord], config
 
 def benchmark_modes(model: DetectorModel, dataset: VOCDataset, images: int = 10,
                     scale_sets: dict[str, tuple[int, ...]] | None = None, threads: int = 1,
-                    progress: bool = True, fc6_rank: int | None = None) -> dict[str, dict]:
+                    progress: bool = True, fc6_rank: int | None = None, rcnn: bool = True) -> dict[str, dict]:
     """Time R-CNN mode and SPP mode at each scale set on the first ``images`` images of the split.
 
     Returns ``{key: table}`` per scale set (keys of ``scale_sets``, default ``"1"`` (688) and
     ``"5"`` (the paper's five)); see ``summarise`` for a table's fields.  With ``fc6_rank``, SPP
-    mode is also timed with fc6 compressed to that rank.
+    mode is also timed with fc6 compressed to that rank.  ``rcnn=False`` leaves R-CNN mode out (its
+    trunk takes about a minute per image on one thread): only the scale sets are compared.
     """
     scale_sets = dict(scale_sets or SCALE_SETS)
     compressed = compress_model(model, fc6_rank)[0] if fc6_rank is not None else None
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _benchmark(model, compressed, dataset, images, scale_sets, threads, progress)
+        results = _benchmark(model, compressed, dataset, images, scale_sets, threads, progress, rcnn)
     finally:
         torch.set_num_threads(previous_threads)
+    first = next(iter(results.values()))["spp"]["total"]
+    for table in results.values():  # whole test, proposals included, against the first scale set
+        table["total_vs_first_set"] = table["spp"]["total"] / first if first > 0 else None
+    return results
 
 
 def _benchmark(model: DetectorModel, compressed: DetectorModel | None, dataset: VOCDataset, images: int,
-               scale_sets: dict[str, tuple[int, ...]], threads: int, progress: bool) -> dict[str, dict]:
+               scale_sets: dict[str, tuple[int, ...]], threads: int, progress: bool,
+               with_rcnn: bool = True) -> dict[str, dict]:
     records = list(dataset.records[:images])
     proposals, proposal_seconds = cached_proposals(dataset, records, model.config, progress)
     records = [r for r in records if r.image_id in proposals]
@@ -209,12 +215,12 @@ def _benchmark(model: DetectorModel, compressed: DetectorModel | None, dataset: 
         raise ValueError(f"no image of {dataset.root} split {dataset.split} has proposals")
     with tempfile.TemporaryDirectory(prefix="sppnet-bench-") as tmp:
         folder = Path(tmp)
-        rcnn = ModeRun("rcnn", _mode_view(model, "rcnn", model.scales, folder / "rcnn"))
+        rcnn = ModeRun("rcnn", _mode_view(model, "rcnn", model.scales, folder / "rcnn")) if with_rcnn else None
         spp = {key: ModeRun(f"spp-{key}", _mode_view(model, "spp", scales, folder / f"spp-{key}"))
                for key, scales in scale_sets.items()}
         svd = {key: ModeRun(f"spp-{key}-svd", _mode_view(compressed, "spp", scales, folder / f"svd-{key}"))
                for key, scales in scale_sets.items()} if compressed is not None else {}
-        runs = [rcnn, *spp.values(), *svd.values()]
+        runs = [*([rcnn] if rcnn else []), *spp.values(), *svd.values()]
         for run in runs:  # untimed warm-up on a few windows, maps cached elsewhere
             warm = _mode_view(run.model, run.model.config.feature_path, run.model.scales, folder / "warm-up")
             detect(warm, records[0], proposals[records[0].image_id][:WARM_UP_WINDOWS], StageTimer())
@@ -232,7 +238,7 @@ def _benchmark(model: DetectorModel, compressed: DetectorModel | None, dataset: 
             for key in scale_sets}
 
 
-def summarise(rcnn: ModeRun, spp: ModeRun, records: Sequence[ImageRecord], windows: Sequence[int],
+def summarise(rcnn: ModeRun | None, spp: ModeRun, records: Sequence[ImageRecord], windows: Sequence[int],
               scales: Sequence[int], model: DetectorModel, proposal_seconds: float,
               cache_bytes: float, threads: int, svd: ModeRun | None = None) -> dict:
     """One scale set's table: per-stage seconds per image of both modes, speed-ups and the rest.
@@ -245,8 +251,11 @@ def summarise(rcnn: ModeRun, spp: ModeRun, records: Sequence[ImageRecord], windo
     seconds and accuracy).
     """
     runs = {"rcnn": rcnn, "spp": spp, **({"spp_svd": svd} if svd is not None else {})}
-    tables = {}
+    tables: dict[str, dict | None] = {}
     for name, run in runs.items():
+        if run is None:  # R-CNN mode left out
+            tables[name] = None
+            continue
         table = run.timer.per_image()
         table["proposals"] = proposal_seconds
         table["total"] = sum(table[stage] for stage in STAGES)
@@ -264,31 +273,40 @@ def summarise(rcnn: ModeRun, spp: ModeRun, records: Sequence[ImageRecord], windo
     def head(table: dict[str, float]) -> float:
         return sum(table[stage] for stage in ("pooling", "fc", "scoring", "nms"))
 
-    feature_speedup = feature(tables["rcnn"]) / feature(tables["spp"])
-    test_speedup = test(tables["rcnn"]) / test(tables["spp"])
-    targets = {"feature_speedup_at_least_0.8_pixel_ratio": feature_speedup >= 0.8 * pixel_ratio}
+    def speedup(measure, fast: dict[str, float]) -> float | None:
+        return measure(tables["rcnn"]) / measure(fast) if tables["rcnn"] is not None else None
+
+    feature_speedup = speedup(feature, tables["spp"])
+    test_speedup = speedup(test, tables["spp"])
+    targets = {}
+    if feature_speedup is not None:
+        targets["feature_speedup_at_least_0.8_pixel_ratio"] = feature_speedup >= 0.8 * pixel_ratio
     if len(scales) == 1:
-        targets.update({"feature_speedup_at_least_100": feature_speedup >= 100,
-                        "test_speedup_at_least_20": test_speedup >= 20,
-                        "pooling_fc_scoring_nms_at_most_conv": head(tables["spp"]) <= tables["spp"]["conv"]})
+        if feature_speedup is not None:
+            targets.update({"feature_speedup_at_least_100": feature_speedup >= 100,
+                            "test_speedup_at_least_20": test_speedup >= 20})
+        targets["pooling_fc_scoring_nms_at_most_conv"] = head(tables["spp"]) <= tables["spp"]["conv"]
         if svd is not None:
             targets["pooling_fc_scoring_nms_at_most_conv_with_svd_fc6"] = \
                 head(tables["spp_svd"]) <= tables["spp_svd"]["conv"]
-    n = max(rcnn.timer.images, 1)
+    n = max(rcnn.timer.images, 1) if rcnn is not None else 1
     extra = {} if svd is None else {
         "spp_svd": tables["spp_svd"],
-        "svd": {"fc6_rank": svd.model.config.fc6_rank, "test_speedup": test(tables["rcnn"]) / test(tables["spp_svd"]),
+        "svd": {"fc6_rank": svd.model.config.fc6_rank, "test_speedup": speedup(test, tables["spp_svd"]),
                 "spp_pooling_fc_scoring_nms": head(tables["spp_svd"]), "accuracy": svd.accuracy()}}
     return {
         "scales": list(scales), "images": len(records), "windows_per_image": float(np.mean(windows)),
         "threads": threads, "feature_speedup": feature_speedup, "test_speedup": test_speedup,
-        "pixel_ratio": pixel_ratio, "feature_speedup_over_pixel_ratio": feature_speedup / pixel_ratio,
+        "pixel_ratio": pixel_ratio,
+        "feature_speedup_over_pixel_ratio": feature_speedup / pixel_ratio if feature_speedup else None,
         "spp": tables["spp"], "rcnn": tables["rcnn"], **extra,
-        "detail": {"rcnn_warp": rcnn.timer.seconds.get("warp", 0.0) / n,
-                   "rcnn_trunk": rcnn.timer.seconds.get("trunk", 0.0) / n,
+        "detail": {"rcnn_warp": rcnn.timer.seconds.get("warp", 0.0) / n if rcnn else None,
+                   "rcnn_trunk": rcnn.timer.seconds.get("trunk", 0.0) / n if rcnn else None,
                    "spp_pooling_fc_scoring_nms": head(tables["spp"])},
-        "memory": {"spp": spp.memory_mb(), "rcnn": rcnn.memory_mb()},
-        "accuracy": {"spp": spp.accuracy(), "rcnn": rcnn.accuracy()},
+        "memory": {"spp": spp.memory_mb(), "rcnn": rcnn.memory_mb() if rcnn else None},
+        "accuracy": {"spp": spp.accuracy(), "rcnn": rcnn.accuracy() if rcnn else None},
+        "conv_per_scale": {str(scale): spp.timer.seconds.get(f"conv {scale}", 0.0) / max(spp.timer.images, 1)
+                           for scale in scales},
         "conv_map_cache_bytes_per_image": cache_bytes,
         "targets": targets,
     }
@@ -299,28 +317,36 @@ def _percent(value: float | None) -> str:
 
 
 def format_benchmark(results: dict[str, dict]) -> str:
-    """The tables as text: one block per scale set."""
+    """The tables as text: one block per scale set (without R-CNN's column when it was left out)."""
     lines = []
     for key, table in results.items():
-        lines.append(f"SPP-net at {key} scale(s) {tuple(table['scales'])} vs R-CNN: {table['images']} "
-                     f"images, {table['windows_per_image']:.0f} windows per image, "
+        rcnn = table["rcnn"]
+        lines.append(f"SPP-net at {len(table['scales'])} scale(s) {tuple(table['scales'])}{' vs R-CNN' if rcnn else ''}: "
+                     f"{table['images']} images, {table['windows_per_image']:.0f} windows per image, "
                      f"{table['threads']} thread(s); seconds per image")
         svd = table.get("svd")
         svd_label = f"SPP r{svd['fc6_rank']}" if svd else ""
-        lines.append(f"  {'stage':<11}{'R-CNN':>11}{'SPP':>11}{'R-CNN/SPP':>11}{svd_label:>11}")
+        lines.append(f"  {'stage':<11}" + (f"{'R-CNN':>11}" if rcnn else "") + f"{'SPP':>11}"
+                     + (f"{'R-CNN/SPP':>11}" if rcnn else "") + f"{svd_label:>11}")
         for stage in (*STAGES, "total"):
-            slow, fast = table["rcnn"][stage], table["spp"][stage]
-            ratio = f"{slow / fast:10.1f}x" if fast > 0 else f"{'-':>11}"
+            fast = table["spp"][stage]
+            slow = f"{rcnn[stage]:11.4f}" if rcnn else ""
+            ratio = "" if not rcnn else f"{rcnn[stage] / fast:10.1f}x" if fast > 0 else f"{'-':>11}"
             compressed = f"{table['spp_svd'][stage]:11.4f}" if svd else ""
-            lines.append(f"  {stage:<11}{slow:11.4f}{fast:11.4f}{ratio}{compressed}")
+            lines.append(f"  {stage:<11}{slow}{fast:11.4f}{ratio}{compressed}")
         detail = table["detail"]
-        lines.append(f"  R-CNN conv = warp {detail['rcnn_warp']:.3f} + trunk {detail['rcnn_trunk']:.3f} "
-                     f"(+ image decode)")
-        lines.append(f"  feature stage (conv + pooling) speed-up {table['feature_speedup']:.1f}x "
-                     f"(pixel_ratio {table['pixel_ratio']:.1f}x, "
-                     f"{table['feature_speedup_over_pixel_ratio']:.2f} of it)")
-        lines.append(f"  whole test excluding proposals speed-up {table['test_speedup']:.1f}x "
-                     f"(pixel_ratio {table['pixel_ratio']:.1f}x)")
+        lines.append("  SPP conv per scale: " + ", ".join(f"{scale} {seconds:.3f}"
+                                                       for scale, seconds in table["conv_per_scale"].items()))
+        if rcnn:
+            lines.append(f"  R-CNN conv = warp {detail['rcnn_warp']:.3f} + trunk {detail['rcnn_trunk']:.3f} "
+                         f"(+ image decode)")
+            lines.append(f"  feature stage (conv + pooling) speed-up {table['feature_speedup']:.1f}x "
+                         f"(pixel_ratio {table['pixel_ratio']:.1f}x, "
+                         f"{table['feature_speedup_over_pixel_ratio']:.2f} of it)")
+            lines.append(f"  whole test excluding proposals speed-up {table['test_speedup']:.1f}x "
+                         f"(pixel_ratio {table['pixel_ratio']:.1f}x)")
+        if table.get("total_vs_first_set") is not None and key != next(iter(results)):
+            lines.append(f"  whole test with proposals: {table['total_vs_first_set']:.2f}x the first scale set's")
         for name, label in (("rcnn", "R-CNN"), ("spp", "SPP")):
             memory = table["memory"][name]
             if memory is not None:
@@ -331,15 +357,16 @@ def format_benchmark(results: dict[str, dict]) -> str:
         lines.append(f"  SPP pooling + fc + scoring + NMS {detail['spp_pooling_fc_scoring_nms']:.3f} s "
                      f"vs conv {table['spp']['conv']:.3f} s")
         if svd:
+            speed = f", whole test speed-up {svd['test_speedup']:.1f}x" if svd["test_speedup"] else ""
             lines.append(f"  with fc6 at rank {svd['fc6_rank']}: pooling + fc + scoring + NMS "
-                         f"{svd['spp_pooling_fc_scoring_nms']:.3f} s vs conv {table['spp_svd']['conv']:.3f} s, "
-                         f"whole test speed-up {svd['test_speedup']:.1f}x")
+                         f"{svd['spp_pooling_fc_scoring_nms']:.3f} s vs conv {table['spp_svd']['conv']:.3f} s{speed}")
         accuracy = table["accuracy"]
         compressed = f", SPP r{svd['fc6_rank']} {_percent(svd['accuracy']['mAP'])}" if svd else ""
+        rcnn_map = f"R-CNN {_percent(accuracy['rcnn']['mAP'])}, " if accuracy["rcnn"] else ""
         lines.append(f"  mAP (VOC07, these {table['images']} images, classes present): "
-                     f"R-CNN {_percent(accuracy['rcnn']['mAP'])}, SPP {_percent(accuracy['spp']['mAP'])}"
-                     f"{compressed}")
-        lines.append("  targets: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}"
-                                               for name, ok in table["targets"].items()))
+                     f"{rcnn_map}SPP {_percent(accuracy['spp']['mAP'])}{compressed}")
+        if table["targets"]:
+            lines.append("  targets: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}"
+                                                   for name, ok in table["targets"].items()))
         lines.append("")
     return "\n".join(lines)

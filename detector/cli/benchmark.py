@@ -2,13 +2,16 @@
 
     python tools/benchmark.py [--voc-root ROOT --split SPLIT] [--images N] [--model DIR/model.pt]
                               [--json FILE] [--threads T] [--fc6-rank R]
+                              [--scale-sets 688 480,576,688,864,1200 ...] [--no-rcnn]
 
 Prints, per scale set, seconds per image for every stage of both modes, the feature-stage and
 whole-test speed-ups beside the pixel ratio, peak memory and conv-map cache bytes per image.
 Without --model an untrained head is used (trunk, pooling and fc timings do not depend on its
 weights; scoring, regression and NMS do).  With no --voc-root it uses the demo dataset's test split.
 With --fc6-rank R, SPP mode is also timed with fc6 compressed to rank R (tools/compress_net.py),
-side by side with the exact head.
+side by side with the exact head.  --scale-sets names the scale sets to time (default: 688 and the
+paper's five); each block after the first gives its whole test, proposals included, against the
+first's.  --no-rcnn leaves R-CNN mode out (about a minute per image on one thread).
 """
 from __future__ import annotations
 
@@ -37,10 +40,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both modes (default 1)")
     parser.add_argument("--fc6-rank", type=int,
                         help="also time SPP mode with fc6 compressed to this rank (truncated SVD)")
+    parser.add_argument("--scale-sets", nargs="+", metavar="S[,S...]",
+                        help="scale sets to time, each comma-separated (default: 688 480,576,688,864,1200)")
+    parser.add_argument("--no-rcnn", action="store_true", help="time SPP mode only (no R-CNN mode)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.images < 1 or args.threads < 1:
         parser.error("--images and --threads must be at least 1")
+    scale_sets = None
+    if args.scale_sets:
+        try:
+            scale_sets = {text: tuple(int(v) for v in text.split(",")) for text in args.scale_sets}
+        except ValueError:
+            parser.error(f"--scale-sets takes comma-separated integers, got {' '.join(args.scale_sets)}")
+        if any(s < 1 for scales in scale_sets.values() for s in scales):
+            parser.error("scales must be positive")
     setup_logging()
     keep_freed_memory()
     try:
@@ -50,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         if model is None:
             model = fresh_model(dataset.classes, make_config("cpu"))
         results = benchmark_modes(model, dataset, args.images, threads=args.threads,
-                                  progress=not args.quiet, fc6_rank=args.fc6_rank)
+                                  progress=not args.quiet, fc6_rank=args.fc6_rank, scale_sets=scale_sets,
+                                  rcnn=not args.no_rcnn)
     except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
         raise SystemExit(f"benchmark.py: {error_line(error)}") from error
     print(format_benchmark(results))

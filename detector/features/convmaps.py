@@ -40,6 +40,7 @@ from detector.core.io import save_atomic
 from detector.core.locks import item_lock
 from detector.core.records import ImageRecord
 from detector.core.runtime import trimming
+from detector.core.timing import StageTimer
 from detector.features.backbones import Backbone, input_memory_format
 from detector.features.geometry import image_scale_factor
 
@@ -169,14 +170,19 @@ class ConvMapProvider:
         return self.cache.load(record.image_id, scale, flip, image_digest(record.path))
 
     def get_scales(self, record: ImageRecord, scales: Sequence[int], flip: bool,
-                   image: np.ndarray | None = None) -> list[ConvMap]:
+                   image: np.ndarray | None = None, timer: StageTimer | None = None) -> list[ConvMap]:
         """Maps of one image at every scale, decoding the image at most once (``image``: its
-        RGB pixels when already in memory)."""
-        maps: list[ConvMap | None] = [self._cached(record, s, flip) for s in scales]
-        if any(m is None for m in maps):
-            image = load_image(record.path) if image is None else image
-            maps = [m if m is not None else self.get(record, s, flip, image)
-                    for m, s in zip(maps, scales)]
+        RGB pixels when already in memory); ``timer``: seconds per scale added to its stages
+        ``"conv SCALE"`` (the image's decoding counted in the first scale that needs it)."""
+        timer = timer or StageTimer()
+        maps: list[ConvMap | None] = []
+        for scale in scales:
+            with timer.stage(f"conv {scale}"):
+                conv_map = self._cached(record, scale, flip)
+                if conv_map is None:
+                    image = load_image(record.path) if image is None else image
+                    conv_map = self.get(record, scale, flip, image)
+            maps.append(conv_map)
         return maps  # type: ignore[return-value]
 
     def precompute(self, records: Iterable[ImageRecord], scales: Sequence[int],

@@ -71,7 +71,7 @@ def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray
         rows = np.arange(len(pooled), dtype=np.int64)
     else:
         with timer.stage("conv"):
-            maps = model.conv_maps.get_scales(record, model.scales, flip=False, image=image)
+            maps = model.conv_maps.get_scales(record, model.scales, flip=False, image=image, timer=timer)
         with timer.stage("pooling"):
             scale_index = select_scales(boxes, record.height, record.width, model.scales,
                                         model.config.max_side)

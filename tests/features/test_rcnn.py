@@ -232,6 +232,24 @@ def test_benchmark_tables_on_a_tiny_demo(tiny_demo):
     assert "pixel_ratio" in text and "with fc6 at rank 8" in text
 
 
+def test_benchmark_of_scale_sets_without_rcnn(tiny_demo, capsys):
+    dataset = load_voc(tiny_demo, "test")
+    config = make_config("cpu", {"fc_width": 32, "proposals.max_side": 40, "proposals.workers": 1})
+    model = fresh_model(dataset.classes, config)
+    results = benchmark_modes(model, dataset, images=2, scale_sets={"a": (224,), "b": (160, 224)},
+                              progress=False, rcnn=False)
+    json.dumps(results, allow_nan=False)
+    for table in results.values():
+        assert table["rcnn"] is None and table["feature_speedup"] is None
+        per_scale = table["conv_per_scale"]
+        assert set(per_scale) == {str(s) for s in table["scales"]} and min(per_scale.values()) > 0
+        assert sum(per_scale.values()) == pytest.approx(table["spp"]["conv"], rel=0.05)  # the rest: a loop
+    assert results["a"]["total_vs_first_set"] == 1.0
+    assert results["b"]["total_vs_first_set"] == pytest.approx(results["b"]["spp"]["total"] / results["a"]["spp"]["total"])
+    text = format_benchmark(results)
+    assert "R-CNN" not in text and "the first scale set's" in text and "conv per scale: 160" in text
+
+
 def test_train_and_test_with_mode_rcnn_through_the_tools(tiny_demo, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "SPPNET_CACHE": str(cache)}
