@@ -285,6 +285,21 @@ class HardNegativeMiner:
         model.training_stats = self.stats.as_dict()
         return model
 
+    def refit(self, C: float) -> SVMModel:
+        """The SVMs retrained at another ``C`` on the final positives and caches (which were mined
+        under ``config.C``): cheap candidates for choosing C on held-out images without mining
+        again.  A class without positives or negatives keeps its current model."""
+        if self.weights is None:
+            raise RuntimeError("nothing mined yet")
+        weights, biases = self.weights.copy(), self.biases.copy()
+        for label, cache in enumerate(self.caches):
+            if self.positives[label] and cache.size:
+                fit = train_linear_svm(np.concatenate(self.positives[label]), cache.features, C=C,
+                                       pos_weight=self.config.pos_weight,
+                                       intercept_scaling=self.config.intercept_scaling, seed=self.config.seed)
+                weights[label], biases[label] = fit.weight, fit.bias
+        return SVMModel(weights, biases, self.feature_scale)
+
     def collect_positives(self, image_iterable: Iterable[ImageFeatures], progress: bool = True) -> None:
         """The scaled features of every non-difficult GT row, per class (before any mining)."""
         seen: set[str] = set()
@@ -510,12 +525,15 @@ def train_svms(
     class_names: Sequence[str] | None = None,
     on_retrain: Callable[[dict], None] | None = None,
     positives: Callable[[], Iterable[ImageFeatures]] | None = None,
+    miner: HardNegativeMiner | None = None,
 ) -> SVMModel:
     """Train K SVMs with hard negative mining; ``images()`` gives a fresh iterator per pass,
     ``positives()`` the images whose GT rows are the positives (default ``images()``).
 
     The returned model carries the mining record in ``training_stats`` (also logged, classes named
     by ``class_names``); ``on_retrain`` is called after every retrain (``HardNegativeMiner``).
+    ``miner``: a fresh ``HardNegativeMiner`` to mine with (its final caches stay inspectable, e.g.
+    for ``refit``); by default one is made from the other arguments.
     """
-    return HardNegativeMiner(num_classes, feature_scale, config, class_names, on_retrain).run(
-        images, progress, positives)
+    miner = miner or HardNegativeMiner(num_classes, feature_scale, config, class_names, on_retrain)
+    return miner.run(images, progress, positives)

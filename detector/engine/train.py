@@ -67,7 +67,7 @@ from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
 from svm.features import ImageFeatures
-from svm.mining import SVMModel, train_svms
+from svm.mining import HardNegativeMiner, SVMModel, train_svms
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,13 @@ class SizedPass:
 def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
                       on_retrain: Callable[[dict], None] | None = None
                       ) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
+    """Per-class SVMs and box regressors (``mine_classifiers`` without refits)."""
+    return mine_classifiers(model, train, progress, on_retrain)[:3]
+
+
+def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
+                     on_retrain: Callable[[dict], None] | None = None, refit_C: Sequence[float] = ()
+                     ) -> tuple[SVMModel, BoxRegressorTrainer, dict, dict[float, SVMModel]]:
     """Per-class SVMs (hard negative mining) on fc7 (or pool5, ``svm.features``) and box regressors
     on pooled conv5.
 
@@ -142,7 +149,8 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
     pooled features of their training pairs in the first pass.  A round of the stream is 4 images
     per rank with fc7 features, 1 with pool5 (the ranks wait on each other once per round; each
     holds the round's features of all ranks, e.g. 2 ranks x 4 x about 14 MB for a VOC image at fc
-    width 1024)."""
+    width 1024).  ``refit_C``: the SVMs are also refitted at each of these C on the final caches
+    (``HardNegativeMiner.refit``), returned last as ``{C: SVMModel}``."""
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
@@ -192,10 +200,12 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
             if result is not None:
                 yield result
 
+    miner = HardNegativeMiner(len(model.classes), scale, config.svm, model.classes, on_retrain)
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
-                     progress=progress and distributed.is_main(), class_names=model.classes, on_retrain=on_retrain,
+                     progress=progress and distributed.is_main(), miner=miner,
                      positives=lambda: SizedPass(positives_pass, sum(len(w.record.boxes) > 0 for w in train)))
-    return svm, regression, svm.training_stats or {}
+    refits = {float(C): miner.refit(C) for C in refit_C}
+    return svm, regression, svm.training_stats or {}, refits
 
 
 STOP_AFTER = ("finetune",)  # stages a run may end after (``train_detector``'s ``stop_after``)

@@ -102,6 +102,15 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
     """Run the test pipeline on one image's proposals (``image``: its RGB pixels, if in memory)."""
     boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     features = window_features(model, record, boxes, timer, image=image)
+    found = detections_from_features(model, record, boxes, features, timer)
+    timer.images += 1
+    return found
+
+
+def detections_from_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
+                             features: WindowFeatures, timer: StageTimer) -> ImageDetections:
+    """Score the windows' features, regress, suppress: ``detect`` after its features (``boxes``:
+    N x 4 float32 windows, ``features`` theirs, so several scorers can share one feature pass)."""
     with timer.stage("scoring"):
         scores = score_windows(model, features)[features.rows]
         threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"
@@ -116,9 +125,7 @@ def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
         else:
             kept_boxes = boxes[rows]
     with timer.stage("nms"):
-        found = suppress(model, kept_boxes, kept_scores, classes, threshold)
-    timer.images += 1
-    return found
+        return suppress(model, kept_boxes, kept_scores, classes, threshold)
 
 
 def suppress(model: DetectorModel, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,

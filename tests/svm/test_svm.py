@@ -505,3 +505,21 @@ def test_the_collapse_check_names_a_failing_class_and_is_quiet_on_good_ones(worl
                      progress=False, class_names=["cat", "dog", "bird"])
     assert list(bad.training_stats["failing_classes"]) == ["cat"]
     assert "SVM class cat fails its check on its own training data" in caplog.text
+
+
+def test_refit_retrains_every_class_on_its_final_cache_at_another_C(train_images, feature_scale) -> None:
+    config = SVMConfig(retrain_every=300)
+    miner = HardNegativeMiner(NUM_CLASSES, feature_scale, config)
+    mined = train_svms(lambda: iter(train_images), NUM_CLASSES, feature_scale, config, progress=False, miner=miner)
+    same, looser = miner.refit(1e-3), miner.refit(1e-1)
+    for label in range(NUM_CLASSES):  # each class: liblinear on exactly its positives and final cache
+        fit = train_linear_svm(np.concatenate(miner.positives[label]), miner.caches[label].features, C=1e-1,
+                               pos_weight=2.0, intercept_scaling=10.0, seed=0)
+        np.testing.assert_allclose(looser.weights[label], fit.weight, rtol=1e-5, atol=1e-6)
+        assert looser.biases[label] == pytest.approx(fit.bias, abs=1e-5)
+    # at the mining C the refit is the final model up to the negatives evicted after its last retrain
+    features = np.concatenate([w.features for w in train_images])
+    correlation = [np.corrcoef(same.scores(features)[:, k], mined.scores(features)[:, k])[0, 1]
+                   for k in range(NUM_CLASSES)]
+    assert min(correlation) > 0.99
+    assert np.all(np.linalg.norm(looser.weights, axis=1) > np.linalg.norm(same.weights, axis=1))

@@ -1,0 +1,103 @@
+"""Choose the SVMs' C on held-out training images: mine once on SPLIT-fit with a fine-tuned model's
+features, refit at every candidate C on the final caches, and measure each on SPLIT-holdout.
+
+    python tools/choose_svm_c.py --voc-root ROOT --model RUN/model.pt [--split dev_train]
+                                 [--C 0.001 0.003 0.01 0.03] [--json FILE]
+
+Mining runs once, under the model's ``svm.C`` (``--set svm.C=...`` to change it); every candidate
+is liblinear on that mining's final positives and caches (``HardNegativeMiner.refit``), so the
+candidates differ only by C.  All of them, and the model's fc8 softmax, score the same held-out
+windows from one feature pass, with the model's box regressors (or, for a model without them,
+regressors trained on SPLIT-fit).  For a choice that never saw the held-out images, --model should
+be fine-tuned on SPLIT-fit (``train_det.py --split dev_train-fit --stop-after finetune``); a model
+fine-tuned on all of SPLIT has seen them in fine-tuning (its SVMs here have not).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from detector.cli.base import HelpFormatter, error_line, tool_main
+from detector.cli.common import add_dataset_arguments, dataset_root_from_args, setup_logging
+
+
+@tool_main("choose_svm_c.py")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_dataset_arguments(parser, default_split="dev_train")
+    parser.add_argument("--model", type=Path, required=True, help="model.pt whose fc layers give the features")
+    parser.add_argument("--C", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2, 3e-2],
+                        help="candidate values of svm.C")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="svm.* settings of the mining, e.g. svm.C=0.01 svm.passes=2")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if any(not c > 0 for c in args.C):
+        parser.error(f"--C values must be positive, got {args.C}")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("svm."):
+            parser.error(f"--set takes svm.KEY=VALUE, got {item!r}")
+        overrides[key] = value
+    setup_logging()
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from detector.core.paths import cache_root
+    from detector.core.timing import StageTimer
+    from detector.data.voc import load_voc
+    from detector.engine.train import mine_classifiers, training_windows
+    from detector.evaluation.evaluator import VOCEvaluator
+    from detector.inference.detect import detections_from_features, window_features
+    from detector.model.detector import load_model
+    from proposals.external import load_proposals
+
+    root = dataset_root_from_args(args)
+    split = args.split or "dev_train"
+    try:
+        model = load_model(args.model, cache_dir=cache_root(root), overrides={"test.scorer": "softmax", **overrides})
+        fit = load_voc(root, f"{split}-fit", model.classes)
+        holdout = load_voc(root, f"{split}-holdout", model.classes)
+        config = model.config
+        windows = training_windows(fit, config, not args.quiet)
+        mined, regression, stats, refits = mine_classifiers(model, windows, not args.quiet, refit_C=args.C)
+        if model.regressor is None:
+            model.regressor = regression.fit(not args.quiet)
+        found = load_proposals(root, holdout.records, config.proposals.method, config.proposals.max_side,
+                               config.proposals.workers, not args.quiet, config.proposals.source)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"choose_svm_c.py: {error_line(error)}") from error
+    svm_config = config.replace(**{"test.scorer": "svm"})
+    scorers = {"softmax": model,
+               f"SVMs as mined (C={config.svm.C:g})": dataclasses.replace(model, svm=mined, config=svm_config),
+               **{f"SVMs refit at C={c:g}": dataclasses.replace(model, svm=refits[float(c)], config=svm_config)
+                  for c in args.C}}
+    evaluators = {name: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for name in scorers}
+    timer = StageTimer()
+    records = [r for r in holdout.records if r.image_id in found]
+    for record in tqdm(records, desc="held-out images", disable=args.quiet, unit="img"):
+        boxes = found[record.image_id].astype("float32").reshape(-1, 4)
+        features = window_features(model, record, boxes, timer)
+        for name, scorer in scorers.items():
+            evaluators[name].process(record, detections_from_features(scorer, record, boxes, features, timer))
+    results = {name: evaluator.evaluate() for name, evaluator in evaluators.items()}
+    print(f"{split}-fit ({len(windows)} images) -> {split}-holdout ({len(records)} images), model {args.model}")
+    print(f"{'scorer':34s} mAP   " + " ".join(f"{c[:5]:>5s}" for c in model.classes))
+    for name, metrics in results.items():
+        print(f"{name:34s} {100 * metrics['mAP']:5.1f} "
+              + " ".join(f"{100 * metrics['ap'][c]:5.1f}" if metrics["ap"].get(c) is not None else "    -"
+                         for c in model.classes))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"split": split, "model": str(args.model), "mining": stats,
+                                         "results": {n: {"mAP": m["mAP"], "ap": m["ap"]} for n, m in results.items()}},
+                                        indent=1, default=float))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Choosing svm.C on a split's held-out fifth: one mining, a refit per candidate, one feature pass."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from detector.cli import choose_svm_c
+from detector.data.demo import make_demo_dataset
+
+
+def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, tmp_path, monkeypatch, capsys):
+    _, run, _ = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
+    root = make_demo_dataset(tmp_path / "demo", n_train=15, n_test=1, seed=3)  # 7, 12, 13, 14 are held out
+    choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
+                       "--C", "0.01", "1", "--quiet", "--json", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert "train-fit (11 images) -> train-holdout (4 images)" in out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert list(data["results"]) == ["softmax", "SVMs as mined (C=0.1)", "SVMs refit at C=0.01",
+                                     "SVMs refit at C=1"]
+    assert all(r["mAP"] is not None and 0 <= r["mAP"] <= 1 for r in data["results"].values())
+    assert data["mining"]["images_per_pass"] == [11]
+
+
+def test_the_tool_refuses_a_split_without_held_out_images(tiny_trained, monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    with pytest.raises(SystemExit, match="leaves no image in its holdout part"):
+        choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"), "--quiet"])
