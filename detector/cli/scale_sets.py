@@ -3,7 +3,7 @@ and conv seconds of every subset of the model's scales, from one pass over the i
 
     python tools/scale_sets.py --voc-root ROOT --model DIR/model.pt [--split dev_train-holdout]
                                [--scales 480 576 688 864 1200] [--images N] [--threads T]
-                               [--json FILE]
+                               [--usage-only] [--json FILE]
 
 Every window is scored at every scale once (``detector.benchmarks.scale_sets``); a subset's
 detections are then exactly those ``test_det.py --scales SUBSET`` gives.  Maps are computed, timed
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--margins", nargs="+", type=int, default=[0, 32, 64],
                         help="pixels added around each window when measuring the map area it covers")
+    parser.add_argument("--usage-only", action="store_true",
+                        help="only the window shares and map coverage per scale (no map, no scoring)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -57,6 +59,15 @@ def main(argv: list[str] | None = None) -> None:
     records = [r for r in records if r.image_id in proposals]
     scales = list(args.scales)
     usage = {m: scale_usage(records, proposals, scales, model.config.max_side, m) for m in args.margins}
+    if args.usage_only:
+        print(f"{dataset.split}: {len(records)} images")
+        print("scale  windows  " + "  ".join(f"area(+{m}px)" for m in args.margins) + "  pixels")
+        first = usage[args.margins[0]]
+        for k, scale in enumerate(scales):
+            print(f"{scale:5d}  {100 * first.windows[k] / max(first.windows.sum(), 1):6.1f}%  "
+                  + "  ".join(f"{100 * usage[m].covered[k] / usage[m].pixels[k]:10.1f}%" for m in args.margins)
+                  + f"  {first.pixels[k] / first.pixels[0]:5.2f}x")
+        return
     subsets = all_subsets(len(scales))
     evaluators = {s: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for s in subsets}
     conv = np.zeros(len(scales))

@@ -77,3 +77,14 @@ def test_the_tool_prints_every_subset(tiny_trained, monkeypatch, capsys, tmp_pat
     import json
     data = json.loads((tmp_path / "s.json").read_text())
     assert [row["scales"] for row in data["subsets"]] == [[160], [224], [160, 224]]
+
+
+def test_usage_only_prints_the_shares_without_scoring(tiny_trained, monkeypatch, capsys):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    scale_sets_cli.main(["--voc-root", str(root), "--split", "test", "--model", str(run / "model.pt"),
+                         "--scales", "160", "224", "--usage-only", "--quiet"])
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines() if line.strip().startswith(("160", "224"))]
+    assert [line[0] for line in lines] == ["160", "224"] and "subset" not in out
+    assert sum(float(line[1].rstrip("%")) for line in lines) == pytest.approx(100, abs=0.2)
