@@ -2,7 +2,8 @@
 features, refit at every candidate C on the final caches, and measure each on SPLIT-holdout.
 
     python tools/choose_svm_c.py --voc-root ROOT --model RUN/model.pt [--split dev_train]
-                                 [--C 0.001 0.003 0.01 0.03] [--json FILE]
+                                 [--C 0.001 0.003 0.01 0.03] [--test-variants test.box_voting=0 ...]
+                                 [--json FILE]
 
 Mining runs once, under the model's ``svm.C`` (``--set svm.C=...`` to change it); every candidate
 is liblinear on that mining's final positives and caches (``HardNegativeMiner.refit``), so the
@@ -10,7 +11,9 @@ candidates differ only by C.  All of them, and the model's fc8 softmax, score th
 windows from one feature pass, with the model's box regressors (or, for a model without them,
 regressors trained on SPLIT-fit).  For a choice that never saw the held-out images, --model should
 be fine-tuned on SPLIT-fit (``train_det.py --split dev_train-fit --stop-after finetune``); a model
-fine-tuned on all of SPLIT has seen them in fine-tuning (its SVMs here have not).
+fine-tuned on all of SPLIT has seen them in fine-tuning (its SVMs here have not).  Each
+--test-variants item (``test.KEY=VALUE[,test.KEY=VALUE]``) adds every SVM candidate again under
+those test settings (score threshold, box voting, NMS), from the same features.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="candidate values of svm.C")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="svm.* settings of the mining, e.g. svm.C=0.01 svm.passes=2")
+    parser.add_argument("--test-variants", nargs="+", default=[], metavar="test.KEY=VALUE[,...]",
+                        help="also score every SVM candidate under these test settings")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -42,6 +47,12 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not key.startswith("svm."):
             parser.error(f"--set takes svm.KEY=VALUE, got {item!r}")
         overrides[key] = value
+    variants = {}
+    for item in args.test_variants:
+        pairs = [part.partition("=") for part in item.split(",")]
+        if any(not sep or not key.startswith("test.") for key, sep, _ in pairs):
+            parser.error(f"--test-variants takes test.KEY=VALUE[,test.KEY=VALUE], got {item!r}")
+        variants[item] = {key: value for key, _, value in pairs}
     setup_logging()
     import dataclasses
 
@@ -76,6 +87,14 @@ def main(argv: list[str] | None = None) -> None:
                f"SVMs as mined (C={config.svm.C:g})": dataclasses.replace(model, svm=mined, config=svm_config),
                **{f"SVMs refit at C={c:g}": dataclasses.replace(model, svm=refits[float(c)], config=svm_config)
                   for c in args.C}}
+    try:
+        for item, changes in variants.items():
+            changed = svm_config.replace(**changes)
+            scorers.update({f"{name} {item}": dataclasses.replace(scorer, config=changed)
+                            for name, scorer in list(scorers.items()) if name.startswith("SVMs")
+                            and " test." not in name})
+    except ValueError as error:
+        raise SystemExit(f"choose_svm_c.py: {error_line(error)}") from error
     evaluators = {name: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for name in scorers}
     timer = StageTimer()
     records = [r for r in holdout.records if r.image_id in found]
@@ -86,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
             evaluators[name].process(record, detections_from_features(scorer, record, boxes, features, timer))
     results = {name: evaluator.evaluate() for name, evaluator in evaluators.items()}
     print(f"{split}-fit ({len(windows)} images) -> {split}-holdout ({len(records)} images), model {args.model}")
-    print(f"{'scorer':34s} mAP   " + " ".join(f"{c[:5]:>5s}" for c in model.classes))
+    width = max(len(name) for name in scorers)
+    print(f"{'scorer':{width}s} mAP   " + " ".join(f"{c[:5]:>5s}" for c in model.classes))
     for name, metrics in results.items():
-        print(f"{name:34s} {100 * metrics['mAP']:5.1f} "
+        print(f"{name:{width}s} {100 * metrics['mAP']:5.1f} "
               + " ".join(f"{100 * metrics['ap'][c]:5.1f}" if metrics["ap"].get(c) is not None else "    -"
                          for c in model.classes))
     if args.json is not None:

@@ -14,14 +14,22 @@ def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, 
     monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
     root = make_demo_dataset(tmp_path / "demo", n_train=15, n_test=1, seed=3)  # 7, 12, 13, 14 are held out
     choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
-                       "--C", "0.01", "1", "--quiet", "--json", str(tmp_path / "c.json")])
+                       "--C", "0.01", "1", "--quiet", "--json", str(tmp_path / "c.json"),
+                       "--test-variants", "test.box_voting=0", "test.score_threshold=-1.0,test.nms_iou=0.4"])
     out = capsys.readouterr().out
     assert "train-fit (11 images) -> train-holdout (4 images)" in out
     data = json.loads((tmp_path / "c.json").read_text())
-    assert list(data["results"]) == ["softmax", "SVMs as mined (C=0.1)", "SVMs refit at C=0.01",
-                                     "SVMs refit at C=1"]
+    svms = ["SVMs as mined (C=0.1)", "SVMs refit at C=0.01", "SVMs refit at C=1"]
+    assert list(data["results"]) == ["softmax", *svms, *(f"{name} test.box_voting=0" for name in svms),
+                                     *(f"{name} test.score_threshold=-1.0,test.nms_iou=0.4" for name in svms)]
     assert all(r["mAP"] is not None and 0 <= r["mAP"] <= 1 for r in data["results"].values())
     assert data["mining"]["images_per_pass"] == [11]
+
+
+def test_the_tool_refuses_variants_of_other_sections(tiny_trained):
+    _, run, _ = tiny_trained
+    with pytest.raises(SystemExit):
+        choose_svm_c.main(["--model", str(run / "model.pt"), "--test-variants", "svm.C=1"])
 
 
 def test_the_tool_refuses_a_split_without_held_out_images(tiny_trained, monkeypatch):
