@@ -59,43 +59,41 @@ def main(argv: list[str] | None = None) -> None:
     records = [r for r in records if r.image_id in proposals]
     scales = list(args.scales)
     usage = {m: scale_usage(records, proposals, scales, model.config.max_side, m) for m in args.margins}
-    if args.usage_only:
-        print(f"{dataset.split}: {len(records)} images")
-        print("scale  windows  " + "  ".join(f"area(+{m}px)" for m in args.margins) + "  pixels")
-        first = usage[args.margins[0]]
-        for k, scale in enumerate(scales):
-            print(f"{scale:5d}  {100 * first.windows[k] / max(first.windows.sum(), 1):6.1f}%  "
-                  + "  ".join(f"{100 * usage[m].covered[k] / usage[m].pixels[k]:10.1f}%" for m in args.margins)
-                  + f"  {first.pixels[k] / first.pixels[0]:5.2f}x")
-        return
-    subsets = all_subsets(len(scales))
-    evaluators = {s: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for s in subsets}
-    conv = np.zeros(len(scales))
-    head = np.zeros(len(scales))
-    for record in tqdm(records, desc="every scale", disable=args.quiet, unit="img"):
-        scored = score_every_scale(model, record, proposals[record.image_id])
-        conv += scored.conv_seconds
-        head += scored.head_seconds
-        for subset in subsets:
-            evaluators[subset].process(record, subset_detections(model, record, scored, subset))
-    count = max(len(records), 1)
-    conv, head = conv / count, head / count
-    usage_rows = [{"scale": s, "windows": float(usage[args.margins[0]].windows[k] / max(usage[args.margins[0]].windows.sum(), 1)),
+    first = usage[args.margins[0]]
+    usage_rows = [{"scale": s, "windows": float(first.windows[k] / max(first.windows.sum(), 1)),
                    "covered": {str(m): float(usage[m].covered[k] / usage[m].pixels[k]) for m in args.margins},
-                   "pixels_vs_first": float(usage[args.margins[0]].pixels[k] / usage[args.margins[0]].pixels[0]),
-                   "conv_seconds": float(conv[k]), "head_seconds": float(head[k])}
+                   "pixels_vs_first": float(first.pixels[k] / first.pixels[0])}
                   for k, s in enumerate(scales)]
-    subset_rows = [{"scales": [scales[i] for i in s], "mAP": float(evaluators[s].evaluate()["mAP"]),
-                    "conv_seconds": float(conv[list(s)].sum())} for s in subsets]
-    print(f"{dataset.split}: {len(records)} images, {args.threads} thread(s), model {args.model}")
-    print("scale  windows  " + "  ".join(f"area(+{m}px)" for m in args.margins) + "  pixels  conv s  head s")
+    subset_rows = []
+    if not args.usage_only:
+        subsets = all_subsets(len(scales))
+        evaluators = {s: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for s in subsets}
+        conv = np.zeros(len(scales))
+        head = np.zeros(len(scales))
+        for record in tqdm(records, desc="every scale", disable=args.quiet, unit="img"):
+            scored = score_every_scale(model, record, proposals[record.image_id])
+            conv += scored.conv_seconds
+            head += scored.head_seconds
+            for subset in subsets:
+                evaluators[subset].process(record, subset_detections(model, record, scored, subset))
+        conv, head = conv / max(len(records), 1), head / max(len(records), 1)
+        for k, row in enumerate(usage_rows):
+            row.update(conv_seconds=float(conv[k]), head_seconds=float(head[k]))
+        subset_rows = [{"scales": [scales[i] for i in s], "mAP": float(evaluators[s].evaluate()["mAP"]),
+                        "conv_seconds": float(conv[list(s)].sum())} for s in subsets]
+    timed = not args.usage_only
+    print(f"{dataset.split}: {len(records)} images" + (f", {args.threads} thread(s), model {args.model}" if timed else ""))
+    print("scale  windows  " + "  ".join(f"area(+{m}px)" for m in args.margins) + "  pixels"
+          + ("  conv s  head s" if timed else ""))
     for row in usage_rows:
         print(f"{row['scale']:5d}  {100 * row['windows']:6.1f}%  "
               + "  ".join(f"{100 * v:10.1f}%" for v in row["covered"].values())
-              + f"  {row['pixels_vs_first']:5.2f}x  {row['conv_seconds']:6.3f}  {row['head_seconds']:6.3f}")
-    print("\nsubset                        mAP   conv s/img")
-    for row in sorted(subset_rows, key=lambda r: r["conv_seconds"]):
-        print(f"{' '.join(map(str, row['scales'])):28s}  {100 * row['mAP']:5.1f}  {row['conv_seconds']:6.3f}")
+              + f"  {row['pixels_vs_first']:5.2f}x"
+              + (f"  {row['conv_seconds']:6.3f}  {row['head_seconds']:6.3f}" if timed else ""))
+    if subset_rows:
+        print("\nsubset                        mAP   conv s/img")
+        for row in sorted(subset_rows, key=lambda r: r["conv_seconds"]):
+            print(f"{' '.join(map(str, row['scales'])):28s}  {100 * row['mAP']:5.1f}  {row['conv_seconds']:6.3f}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"split": dataset.split, "images": len(records), "threads": args.threads,
