@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     split = args.split or "dev_train"
     try:
         model = load_model(args.model, cache_dir=cache_root(root), overrides={"test.scorer": "softmax", **overrides})
+        svm_config = model.config.replace(**{"test.scorer": "svm"})
+        variant_configs = {item: svm_config.replace(**changes) for item, changes in variants.items()}  # checked now
         fit = load_voc(root, f"{split}-fit", model.classes)
         holdout = load_voc(root, f"{split}-holdout", model.classes)
         config = model.config
@@ -82,19 +84,13 @@ def main(argv: list[str] | None = None) -> None:
                                config.proposals.workers, not args.quiet, config.proposals.source)
     except (ValueError, OSError) as error:
         raise SystemExit(f"choose_svm_c.py: {error_line(error)}") from error
-    svm_config = config.replace(**{"test.scorer": "svm"})
     scorers = {"softmax": model,
                f"SVMs as mined (C={config.svm.C:g})": dataclasses.replace(model, svm=mined, config=svm_config),
                **{f"SVMs refit at C={c:g}": dataclasses.replace(model, svm=refits[float(c)], config=svm_config)
                   for c in args.C}}
-    try:
-        for item, changes in variants.items():
-            changed = svm_config.replace(**changes)
-            scorers.update({f"{name} {item}": dataclasses.replace(scorer, config=changed)
-                            for name, scorer in list(scorers.items()) if name.startswith("SVMs")
-                            and " test." not in name})
-    except ValueError as error:
-        raise SystemExit(f"choose_svm_c.py: {error_line(error)}") from error
+    candidates = [(name, scorer) for name, scorer in scorers.items() if name.startswith("SVMs")]
+    for item, changed in variant_configs.items():
+        scorers.update({f"{name} {item}": dataclasses.replace(scorer, config=changed) for name, scorer in candidates})
     evaluators = {name: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for name in scorers}
     timer = StageTimer()
     records = [r for r in holdout.records if r.image_id in found]

@@ -26,10 +26,14 @@ def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, 
     assert data["mining"]["images_per_pass"] == [11]
 
 
-def test_the_tool_refuses_variants_of_other_sections(tiny_trained):
-    _, run, _ = tiny_trained
+def test_the_tool_refuses_bad_variants_before_mining(tiny_trained, monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
     with pytest.raises(SystemExit):
         choose_svm_c.main(["--model", str(run / "model.pt"), "--test-variants", "svm.C=1"])
+    with pytest.raises(SystemExit, match="box_voting"):  # named before any mining, not after it
+        choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
+                           "--test-variants", "test.box_voting=7", "--quiet"])
 
 
 def test_the_tool_refuses_a_split_without_held_out_images(tiny_trained, monkeypatch):
