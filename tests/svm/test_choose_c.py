@@ -18,6 +18,7 @@ def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, 
                        "--test-variants", "test.box_voting=0", "test.score_threshold=-1.0,test.nms_iou=0.4"])
     out = capsys.readouterr().out
     assert "train-fit (11 images) -> train-holdout (4 images)" in out
+    assert "note: the refits at C = 1 are above the mining's C = 0.1" in out  # 0.01 is below it: not named
     data = json.loads((tmp_path / "c.json").read_text())
     svms = ["SVMs as mined (C=0.1)", "SVMs refit at C=0.01", "SVMs refit at C=1"]
     assert list(data["results"]) == ["softmax", *svms, *(f"{name} test.box_voting=0" for name in svms),
