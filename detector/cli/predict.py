@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep detections scoring at least this (default: 0.0 for SVM, 0.5 for softmax)")
     parser.add_argument("--scorer", choices=("svm", "softmax"), help="score with the SVMs or fc8 (default: the model's)")
     parser.add_argument("--device", help="cpu or cuda (default: the model's)")
+    parser.add_argument("--scales", nargs="+", type=int,
+                        help="short-side scales of the conv maps (default: the model's), e.g. 480 576 864")
     parser.add_argument("--proposals", type=Path, metavar="DIR_OR_FILE",
                         help="boxes from elsewhere, keyed by file name without suffix (proposals/external.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_out_folder(args.out, args.inputs)
         check_writable([args.out])
-        detector = Detector.load(args.model, args.device, {"test.scorer": args.scorer} if args.scorer else None)
+        overrides = {**({"test.scorer": args.scorer} if args.scorer else {}),
+                     **({"scales": tuple(args.scales)} if args.scales else {})}
+        detector = Detector.load(args.model, args.device, overrides or None)
         external = ExternalProposals(args.proposals) if args.proposals is not None else None
         files = image_files(args.inputs)
         threshold = detector.default_threshold if args.score_threshold is None else args.score_threshold

@@ -97,6 +97,21 @@ def test_predict_command_writes_json_and_drawn_images(tiny_trained, detector, tm
                       "--out", str(tmp_path / "none")])
 
 
+def test_predict_command_at_other_scales_predicts_as_the_detector_at_them(tiny_trained, tmp_path):
+    record = load_voc(tiny_trained[0], "train").records[0]
+    predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(record.path), "--scales", "160", "288",
+                  "--out", str(tmp_path / "out"), "--quiet"])
+    written = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
+    two = Detector.load(tiny_trained[1] / "model.pt", overrides={"scales": (160, 288)})
+    one = Detector.load(tiny_trained[1] / "model.pt")
+    image = load_image(record.path)
+    assert written["scores"] == two.predict(image).scores.tolist()
+    assert written["scores"] != one.predict(image).scores.tolist()  # the option changed what was computed
+    with pytest.raises(SystemExit, match="max_side"):
+        predict_main(["--model", str(tiny_trained[1] / "model.pt"), str(record.path), "--scales", "100000",
+                      "--out", str(tmp_path / "big")])
+
+
 def test_load_model_and_detector_share_the_weights(tiny_trained, detector):
     model = load_model(tiny_trained[1] / "model.pt")
     assert model.classes == detector.classes and detector.model.conv_maps.cache is None
