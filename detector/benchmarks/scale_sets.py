@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from detector.core.detections import ImageDetections
+from detector.core.images import load_image
 from detector.core.records import ImageRecord
 from detector.features.geometry import image_scale_factor, resized_size, select_scales
 from detector.features.pooling import distinct_windows, pool_cells, window_cells
@@ -56,6 +57,7 @@ def score_every_scale(model: DetectorModel, record: ImageRecord, proposals: np.n
     threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"
                  else model.config.test.softmax_threshold)
     per_scale, conv_seconds, head_seconds = [], [], []
+    image = load_image(record.path) if image is None else image  # decoded once, not per scale
     for k, scale in enumerate(model.scales):
         start = time.perf_counter()
         conv_map = model.conv_maps.get(record, scale, flip=False, image=image)
