@@ -243,6 +243,7 @@ class HardNegativeMiner:
         self._added_since_retrain = np.zeros(num_classes, dtype=np.int64)
         self._image_codes: dict[str, int] = {}
         self.on_retrain = on_retrain
+        self.pass_models: list[SVMModel] = []  # the SVMs at the end of each pass
 
     def model(self) -> SVMModel:
         """The current SVMs (a copy)."""
@@ -262,6 +263,7 @@ class HardNegativeMiner:
         for pass_index in range(self.config.passes):
             added = sum(c.hard_added for c in self.stats.classes)
             self._run_pass(images(), pass_index, progress)
+            self.pass_models.append(self.model())
             self.stats.hard_added_per_pass.append(sum(c.hard_added for c in self.stats.classes) - added)
             if pass_index > 0 and self.stats.hard_added_per_pass[-1] == 0:
                 self.stats.converged = True

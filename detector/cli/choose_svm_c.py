@@ -5,7 +5,8 @@ features, refit at every candidate C on the final caches, and measure each on SP
                                  [--C 0.001 0.003 0.01 0.03] [--test-variants test.box_voting=0 ...]
                                  [--json FILE]
 
-Mining runs once, under the model's ``svm.C`` (``--set svm.C=...`` to change it); every candidate
+Mining runs once, under the model's ``svm.C`` (``--set svm.C=...`` to change it; with
+``svm.passes`` above 1 the SVMs at the end of each earlier pass are scored too); every candidate
 is liblinear on that mining's final positives and caches (``HardNegativeMiner.refit``), so the
 candidates differ only by C.  A refit is a fair candidate only at C at or below the mining's: the
 final caches hold the negatives the mining model found hard, not the others, and a looser SVM fitted
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="candidate values of svm.C")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="svm.* settings of the mining, e.g. svm.C=0.01 svm.passes=2")
+    parser.add_argument("--images", type=int, help="mine on the first N images of SPLIT-fit only")
     parser.add_argument("--test-variants", nargs="+", default=[], metavar="test.KEY=VALUE[,...]",
                         help="also score every SVM candidate under these test settings")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -80,8 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         fit = load_voc(root, f"{split}-fit", model.classes)
         holdout = load_voc(root, f"{split}-holdout", model.classes)
         config = model.config
-        windows = training_windows(fit, config, not args.quiet)
-        mined, regression, stats, refits = mine_classifiers(model, windows, not args.quiet, refit_C=args.C)
+        windows = training_windows(fit, config, not args.quiet)[:args.images]
+        mined, regression, stats, miner = mine_classifiers(model, windows, not args.quiet)
+        refits = {float(c): miner.refit(c) for c in args.C}
         if model.regressor is None:
             model.regressor = regression.fit(not args.quiet)
         found = load_proposals(root, holdout.records, config.proposals.method, config.proposals.max_side,
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"choose_svm_c.py: {error_line(error)}") from error
     scorers = {"softmax": model,
                f"SVMs as mined (C={config.svm.C:g})": dataclasses.replace(model, svm=mined, config=svm_config),
+               **{f"SVMs after pass {k + 1} of {len(miner.pass_models)}": dataclasses.replace(
+                   model, svm=pass_model, config=svm_config)
+                  for k, pass_model in enumerate(miner.pass_models[:-1])},
                **{f"SVMs refit at C={c:g}": dataclasses.replace(model, svm=refits[float(c)], config=svm_config)
                   for c in args.C}}
     candidates = [(name, scorer) for name, scorer in scorers.items() if name.startswith("SVMs")]

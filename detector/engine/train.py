@@ -133,8 +133,8 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
 
 
 def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
-                     on_retrain: Callable[[dict], None] | None = None, refit_C: Sequence[float] = ()
-                     ) -> tuple[SVMModel, BoxRegressorTrainer, dict, dict[float, SVMModel]]:
+                     on_retrain: Callable[[dict], None] | None = None
+                     ) -> tuple[SVMModel, BoxRegressorTrainer, dict, HardNegativeMiner]:
     """Per-class SVMs (hard negative mining) on fc7 (or pool5, ``svm.features``) and box regressors
     on pooled conv5.
 
@@ -149,8 +149,8 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     pooled features of their training pairs in the first pass.  A round of the stream is 4 images
     per rank with fc7 features, 1 with pool5 (the ranks wait on each other once per round; each
     holds the round's features of all ranks, e.g. 2 ranks x 4 x about 14 MB for a VOC image at fc
-    width 1024).  ``refit_C``: the SVMs are also refitted at each of these C on the final caches
-    (``HardNegativeMiner.refit``), returned last as ``{C: SVMModel}``."""
+    width 1024).  Returned last: the miner, its final caches and per-pass models kept for inspection
+    (``HardNegativeMiner.refit``, ``pass_models``)."""
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
@@ -204,8 +204,7 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
                      progress=progress and distributed.is_main(), miner=miner,
                      positives=lambda: SizedPass(positives_pass, sum(len(w.record.boxes) > 0 for w in train)))
-    refits = {float(C): miner.refit(C) for C in refit_C}
-    return svm, regression, svm.training_stats or {}, refits
+    return svm, regression, svm.training_stats or {}, miner
 
 
 STOP_AFTER = ("finetune",)  # stages a run may end after (``train_detector``'s ``stop_after``)

@@ -14,17 +14,18 @@ def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, 
     monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
     root = make_demo_dataset(tmp_path / "demo", n_train=15, n_test=1, seed=3)  # 7, 12, 13, 14 are held out
     choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
-                       "--C", "0.01", "1", "--quiet", "--json", str(tmp_path / "c.json"),
+                       "--C", "0.01", "1", "--quiet", "--json", str(tmp_path / "c.json"), "--images", "9",
+                       "--set", "svm.passes=2",
                        "--test-variants", "test.box_voting=0", "test.score_threshold=-1.0,test.nms_iou=0.4"])
     out = capsys.readouterr().out
-    assert "train-fit (11 images) -> train-holdout (4 images)" in out
+    assert "train-fit (9 images) -> train-holdout (4 images)" in out
     assert "note: the refits at C = 1 are above the mining's C = 0.1" in out  # 0.01 is below it: not named
     data = json.loads((tmp_path / "c.json").read_text())
-    svms = ["SVMs as mined (C=0.1)", "SVMs refit at C=0.01", "SVMs refit at C=1"]
+    svms = ["SVMs as mined (C=0.1)", "SVMs after pass 1 of 2", "SVMs refit at C=0.01", "SVMs refit at C=1"]
     assert list(data["results"]) == ["softmax", *svms, *(f"{name} test.box_voting=0" for name in svms),
                                      *(f"{name} test.score_threshold=-1.0,test.nms_iou=0.4" for name in svms)]
     assert all(r["mAP"] is not None and 0 <= r["mAP"] <= 1 for r in data["results"].values())
-    assert data["mining"]["images_per_pass"] == [11]
+    assert data["mining"]["images_per_pass"] == [9, 9]
 
 
 def test_the_tool_refuses_bad_variants_before_mining(tiny_trained, monkeypatch):

@@ -523,3 +523,12 @@ def test_refit_retrains_every_class_on_its_final_cache_at_another_C(train_images
                    for k in range(NUM_CLASSES)]
     assert min(correlation) > 0.99
     assert np.all(np.linalg.norm(looser.weights, axis=1) > np.linalg.norm(same.weights, axis=1))
+
+
+def test_the_miner_keeps_the_svms_of_every_pass(train_images, feature_scale) -> None:
+    config = SVMConfig(retrain_every=300, passes=3)
+    miner = HardNegativeMiner(NUM_CLASSES, feature_scale, config)
+    final = train_svms(lambda: iter(train_images), NUM_CLASSES, feature_scale, config, progress=False, miner=miner)
+    assert len(miner.pass_models) == final.training_stats["passes"] >= 2
+    np.testing.assert_array_equal(miner.pass_models[-1].weights, final.weights)
+    assert not np.array_equal(miner.pass_models[0].weights, final.weights)  # the second pass retrained
