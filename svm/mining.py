@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from svm.config import CACHE_DTYPES, SVMConfig
 from svm.features import ImageFeatures
-from svm.linear_svm import SVMModel, train_linear_svm
+from svm.linear_svm import LinearFit, SVMModel, train_linear_svm
 from svm.negatives import select_negatives
 
 logger = logging.getLogger(__name__)
@@ -296,11 +296,14 @@ class HardNegativeMiner:
         weights, biases = self.weights.copy(), self.biases.copy()
         for label, cache in enumerate(self.caches):
             if self.positives[label] and cache.size:
-                fit = train_linear_svm(np.concatenate(self.positives[label]), cache.features, C=C,
-                                       pos_weight=self.config.pos_weight,
-                                       intercept_scaling=self.config.intercept_scaling, seed=self.config.seed)
+                fit = self._fit(np.concatenate(self.positives[label]), cache, C)
                 weights[label], biases[label] = fit.weight, fit.bias
         return SVMModel(weights, biases, self.feature_scale)
+
+    def _fit(self, positives: np.ndarray, cache: NegativeCache, C: float) -> LinearFit:
+        """liblinear on scaled positives and a class's cached negatives, the config's loss weights."""
+        return train_linear_svm(positives, cache.features, C=C, pos_weight=self.config.pos_weight,
+                                intercept_scaling=self.config.intercept_scaling, seed=self.config.seed)
 
     def collect_positives(self, image_iterable: Iterable[ImageFeatures], progress: bool = True) -> None:
         """The scaled features of every non-difficult GT row, per class (before any mining)."""
@@ -450,10 +453,7 @@ class HardNegativeMiner:
         config = self.config
         cache = self.caches[label]
         positives = np.concatenate(self.positives[label])
-        fit = train_linear_svm(
-            positives, cache.features, C=config.C, pos_weight=config.pos_weight,
-            intercept_scaling=config.intercept_scaling, seed=config.seed,
-        )
+        fit = self._fit(positives, cache, config.C)
         weight, bias = fit.weight, fit.bias
         self.weights[label] = weight
         self.biases[label] = bias

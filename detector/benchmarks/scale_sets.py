@@ -11,31 +11,20 @@ each window keeps its scores at its nearest scale of the subset, then the same N
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from detector.core.detections import ImageDetections
 from detector.core.images import load_image
 from detector.core.records import ImageRecord
 from detector.features.geometry import image_scale_factor, resized_size, select_scales
-from detector.features.pooling import distinct_windows, pool_cells, window_cells
-from detector.inference.detect import WindowFeatures, score_windows, suppress
+from detector.core.timing import StageTimer
+from detector.inference.detect import ScoredWindows, scored_windows, suppress, window_features
 from detector.model.detector import DetectorModel
-
-
-@dataclass
-class ScaleScores:
-    """One image's windows scored at one scale: the (window, class) pairs above the drop threshold."""
-
-    rows: np.ndarray  # window index per pair
-    classes: np.ndarray  # class index per pair
-    scores: np.ndarray
-    boxes: np.ndarray  # regressed (or given) boxes per pair, N x 4
 
 
 @dataclass
@@ -43,42 +32,26 @@ class ImageScales:
     """An image's windows scored at every scale, and the seconds each scale's map and head took."""
 
     boxes: np.ndarray
-    per_scale: list[ScaleScores]
+    per_scale: list[ScoredWindows]
     conv_seconds: list[float]
     head_seconds: list[float]
-    threshold: float = 0.0
-    window_counts: list[int] = field(default_factory=list)
 
 
 def score_every_scale(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
                       image: np.ndarray | None = None) -> ImageScales:
-    """Score every window at every scale of ``model.scales`` (maps computed or read from its cache)."""
+    """Score every window at every scale of ``model.scales`` (maps computed or read from its cache):
+    ``detect``'s features and scoring with that scale alone."""
     boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
-    threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"
-                 else model.config.test.softmax_threshold)
-    per_scale, conv_seconds, head_seconds = [], [], []
     image = load_image(record.path) if image is None else image  # decoded once, not per scale
-    for k, scale in enumerate(model.scales):
-        start = time.perf_counter()
-        conv_map = model.conv_maps.get(record, scale, flip=False, image=image)
-        conv_seconds.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        distinct, rows = distinct_windows(window_cells(model.backbone.geometry, [conv_map], boxes,
-                                                       np.zeros(len(boxes), np.int64)))
-        pooled = pool_cells(model.spp, [conv_map], distinct)
-        with torch.inference_mode():
-            fc7 = model.head.features(pooled)
-        features = WindowFeatures(pooled, fc7, rows)
-        scores = score_windows(model, features)[rows]
-        keep_rows, classes = np.nonzero(scores > threshold)
-        kept_boxes = boxes[keep_rows]
-        if model.regressor is not None and model.config.test.bbox_regression and len(keep_rows):
-            kept_boxes = model.regressor.apply(pooled.numpy(), kept_boxes, classes, record.width,
-                                               record.height, feature_rows=rows[keep_rows])
-        per_scale.append(ScaleScores(keep_rows, classes, scores[keep_rows, classes], kept_boxes))
-        head_seconds.append(time.perf_counter() - start)
-        del conv_map, pooled, fc7
-    return ImageScales(boxes, per_scale, conv_seconds, head_seconds, threshold)
+    per_scale, conv_seconds, head_seconds = [], [], []
+    for scale in model.scales:
+        alone = dataclasses.replace(model, config=model.config.replace(scales=(scale,)))  # same maps provider
+        timer = StageTimer()
+        features = window_features(alone, record, boxes, timer, image=image)
+        per_scale.append(scored_windows(alone, record, boxes, features, timer))
+        conv_seconds.append(timer.seconds["conv"])
+        head_seconds.append(sum(timer.seconds[stage] for stage in ("pooling", "fc", "scoring", "regression")))
+    return ImageScales(boxes, per_scale, conv_seconds, head_seconds)
 
 
 def subset_detections(model: DetectorModel, record: ImageRecord, scored: ImageScales,
@@ -87,12 +60,11 @@ def subset_detections(model: DetectorModel, record: ImageRecord, scored: ImageSc
     subset = list(subset)
     chosen = np.asarray(subset)[select_scales(scored.boxes, record.height, record.width,
                                               [model.scales[i] for i in subset], model.config.max_side)]
-    parts = [(s.boxes[chosen[s.rows] == k], s.scores[chosen[s.rows] == k], s.classes[chosen[s.rows] == k])
-             for k, s in enumerate(scored.per_scale) if k in subset]
-    boxes = np.concatenate([p[0] for p in parts]).reshape(-1, 4)
-    scores = np.concatenate([p[1] for p in parts])
-    classes = np.concatenate([p[2] for p in parts]).astype(np.int64)
-    return suppress(model, boxes, scores, classes, scored.threshold)
+    mine = {k: chosen[scored.per_scale[k].rows] == k for k in subset}  # the pairs of windows read at scale k
+    boxes = np.concatenate([scored.per_scale[k].boxes[m] for k, m in mine.items()]).reshape(-1, 4)
+    scores = np.concatenate([scored.per_scale[k].scores[m] for k, m in mine.items()])
+    classes = np.concatenate([scored.per_scale[k].classes[m] for k, m in mine.items()]).astype(np.int64)
+    return suppress(model, boxes, scores, classes, scored.per_scale[0].threshold)
 
 
 def all_subsets(count: int) -> list[tuple[int, ...]]:

@@ -128,7 +128,7 @@ class SizedPass:
 def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
                       on_retrain: Callable[[dict], None] | None = None
                       ) -> tuple[SVMModel, BoxRegressorTrainer, dict]:
-    """Per-class SVMs and box regressors (``mine_classifiers`` without refits)."""
+    """Per-class SVMs and box regressors (``mine_classifiers`` without its miner)."""
     return mine_classifiers(model, train, progress, on_retrain)[:3]
 
 

@@ -111,6 +111,25 @@ def detections_from_features(model: DetectorModel, record: ImageRecord, boxes: n
                              features: WindowFeatures, timer: StageTimer) -> ImageDetections:
     """Score the windows' features, regress, suppress: ``detect`` after its features (``boxes``:
     N x 4 float32 windows, ``features`` theirs, so several scorers can share one feature pass)."""
+    scored = scored_windows(model, record, boxes, features, timer)
+    with timer.stage("nms"):
+        return suppress(model, scored.boxes, scored.scores, scored.classes, scored.threshold)
+
+
+@dataclass
+class ScoredWindows:
+    """The (window, class) pairs scoring above the scorer's drop threshold, their boxes regressed."""
+
+    rows: np.ndarray  # window index per pair
+    classes: np.ndarray  # class index per pair
+    scores: np.ndarray
+    boxes: np.ndarray  # N x 4: the window moved by its class's regressor (or as given)
+    threshold: float  # the drop threshold (box voting weighs by the margin above it)
+
+
+def scored_windows(model: DetectorModel, record: ImageRecord, boxes: np.ndarray, features: WindowFeatures,
+                   timer: StageTimer) -> ScoredWindows:
+    """Score every window for every class, keep the pairs above the drop threshold, regress them."""
     with timer.stage("scoring"):
         scores = score_windows(model, features)[features.rows]
         threshold = (model.config.test.score_threshold if model.config.test.scorer == "svm"
@@ -124,8 +143,7 @@ def detections_from_features(model: DetectorModel, record: ImageRecord, boxes: n
                                                feature_rows=features.rows[rows])
         else:
             kept_boxes = boxes[rows]
-    with timer.stage("nms"):
-        return suppress(model, kept_boxes, kept_scores, classes, threshold)
+    return ScoredWindows(rows, classes, kept_scores, kept_boxes, float(threshold))
 
 
 def suppress(model: DetectorModel, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
