@@ -77,3 +77,31 @@ def test_flat_config_of_old_model_files_is_upgraded():
     assert config.svm.C == 0.02 and config.feature_path == "rcnn" and config.finetune.iterations == 7
     assert config.sampling.flip is False and config.rcnn.batch_size == 4 and config.test.scorer == "softmax"
     assert set(LEGACY_KEYS.values()) <= set(make_config().flat())  # every new name exists
+
+
+def test_the_cpu_presets_test_scales_go_with_its_training_scales(tmp_path):
+    assert make_config().test.scales == (480, 576, 864) and make_config().scales == (688,)
+    assert make_config("demo").test.scales == () and make_config("paper").test.scales == ()
+    # other training scales (typed, or from a file) test at themselves unless test.scales is given too
+    five = make_config("cpu", {"scales": "480 576 688 864 1200"})
+    assert five.scales == PAPER_SCALES and five.test.scales == ()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"scales": [576]}))
+    assert make_config("cpu", None, path).test.scales == ()
+    assert make_config("cpu", {"scales": "688"}).test.scales == (480, 576, 864)  # the preset's own scales
+    both = make_config("cpu", {"scales": "576", "test.scales": "480 864"})
+    assert both.scales == (576,) and both.test.scales == (480, 864)
+    # a copy with other training scales keeps the test scales it had (they are part of its values)
+    assert make_config().replace(scales=(576,)).test.scales == (480, 576, 864)
+    assert config_from_dict(make_config().to_dict()) == make_config()
+    for bad in ("0 480", "3000"):
+        with pytest.raises(ValueError, match="test.scales"):
+            make_config("cpu", {"test.scales": bad})
+
+
+def test_model_files_from_before_test_scales_test_at_their_training_scales():
+    written = make_config().to_dict()
+    del written["test"]["scales"]
+    config = config_from_dict(written)
+    assert config.scales == (688,) and config.test.scales == ()
+    assert config_from_dict(written, {"test.scales": (480, 864)}).test.scales == (480, 864)

@@ -142,7 +142,7 @@ class ModeRun:
 
     def measure_memory(self, record: ImageRecord, proposals: np.ndarray, folder: Path) -> None:
         """Untimed: detect on one image from an empty heap and conv-map folder, recording the peak."""
-        model = _mode_view(self.model, self.model.config.feature_path, self.model.scales, folder)
+        model = _mode_view(self.model, self.model.config.feature_path, self.model.test_scales, folder)
         _release_memory()
         measured = _reset_peak()
         start = _status_kib("VmRSS")
@@ -164,8 +164,9 @@ class ModeRun:
 
 
 def _mode_view(model: DetectorModel, feature_path: str, scales: Sequence[int], folder: Path) -> DetectorModel:
-    """The model with another feature path and scales, its conv maps cached in ``folder``."""
-    return model.with_config(model.config.replace(feature_path=feature_path, scales=tuple(scales)), folder)
+    """The model with another feature path, tested at ``scales``, its conv maps cached in ``folder``."""
+    return model.with_config(model.config.replace(feature_path=feature_path, **{"test.scales": tuple(scales)}),
+                             folder)
 
 
 def cached_proposals(dataset: VOCDataset, records: Sequence[ImageRecord], config: Config,
@@ -215,14 +216,14 @@ def _benchmark(model: DetectorModel, compressed: DetectorModel | None, dataset: 
         raise ValueError(f"no image of {dataset.root} split {dataset.split} has proposals")
     with tempfile.TemporaryDirectory(prefix="sppnet-bench-") as tmp:
         folder = Path(tmp)
-        rcnn = ModeRun("rcnn", _mode_view(model, "rcnn", model.scales, folder / "rcnn")) if with_rcnn else None
+        rcnn = ModeRun("rcnn", _mode_view(model, "rcnn", model.test_scales, folder / "rcnn")) if with_rcnn else None
         spp = {key: ModeRun(f"spp-{key}", _mode_view(model, "spp", scales, folder / f"spp-{key}"))
                for key, scales in scale_sets.items()}
         svd = {key: ModeRun(f"spp-{key}-svd", _mode_view(compressed, "spp", scales, folder / f"svd-{key}"))
                for key, scales in scale_sets.items()} if compressed is not None else {}
         runs = [*([rcnn] if rcnn else []), *spp.values(), *svd.values()]
         for run in runs:  # untimed warm-up on a few windows, maps cached elsewhere
-            warm = _mode_view(run.model, run.model.config.feature_path, run.model.scales, folder / "warm-up")
+            warm = _mode_view(run.model, run.model.config.feature_path, run.model.test_scales, folder / "warm-up")
             detect(warm, records[0], proposals[records[0].image_id][:WARM_UP_WINDOWS], StageTimer())
         for record in tqdm(records, desc="benchmark", disable=not progress, unit="img"):
             for run in runs:

@@ -11,7 +11,6 @@ each window keeps its scores at its nearest scale of the subset, then the same N
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Sequence
@@ -45,10 +44,9 @@ def score_every_scale(model: DetectorModel, record: ImageRecord, proposals: np.n
     image = load_image(record.path) if image is None else image  # decoded once, not per scale
     per_scale, conv_seconds, head_seconds = [], [], []
     for scale in model.scales:
-        alone = dataclasses.replace(model, config=model.config.replace(scales=(scale,)))  # same maps provider
         timer = StageTimer()
-        features = window_features(alone, record, boxes, timer, image=image)
-        per_scale.append(scored_windows(alone, record, boxes, features, timer))
+        features = window_features(model, record, boxes, timer, image=image, scales=(scale,))
+        per_scale.append(scored_windows(model, record, boxes, features, timer))
         conv_seconds.append(timer.seconds["conv"])
         head_seconds.append(sum(timer.seconds[stage] for stage in ("pooling", "fc", "scoring", "regression")))
     return ImageScales(boxes, per_scale, conv_seconds, head_seconds)
@@ -56,7 +54,7 @@ def score_every_scale(model: DetectorModel, record: ImageRecord, proposals: np.n
 
 def subset_detections(model: DetectorModel, record: ImageRecord, scored: ImageScales,
                       subset: Sequence[int]) -> ImageDetections:
-    """The detections ``detect`` gives with the scales ``model.scales[i] for i in subset``."""
+    """The detections ``detect`` gives with the test scales ``model.scales[i] for i in subset``."""
     subset = list(subset)
     chosen = np.asarray(subset)[select_scales(scored.boxes, record.height, record.width,
                                               [model.scales[i] for i in subset], model.config.max_side)]

@@ -17,8 +17,9 @@ windows from one feature pass, with the model's box regressors (or, for a model 
 regressors trained on SPLIT-fit).  For a choice that never saw the held-out images, --model should
 be fine-tuned on SPLIT-fit (``train_det.py --split dev_train-fit --stop-after finetune``); a model
 fine-tuned on all of SPLIT has seen them in fine-tuning (its SVMs here have not).  Each
---test-variants item (``test.KEY=VALUE[,test.KEY=VALUE]``) adds every SVM candidate again under
-those test settings (score threshold, box voting, NMS), from the same features.
+--test-variants item (``test.KEY=VALUE[,test.KEY=VALUE]``) adds the softmax and every SVM
+candidate again under those test settings (score threshold, box voting, NMS, detections per
+image), from the same features.
 """
 from __future__ import annotations
 
@@ -99,14 +100,16 @@ def main(argv: list[str] | None = None) -> None:
                **{f"SVMs refit at C={c:g}": dataclasses.replace(model, svm=refits[float(c)], config=svm_config)
                   for c in args.C}}
     candidates = [(name, scorer) for name, scorer in scorers.items() if name.startswith("SVMs")]
-    for item, changed in variant_configs.items():
-        scorers.update({f"{name} {item}": dataclasses.replace(scorer, config=changed) for name, scorer in candidates})
+    for item, changes in variants.items():
+        scorers[f"softmax {item}"] = dataclasses.replace(model, config=model.config.replace(**changes))
+        scorers.update({f"{name} {item}": dataclasses.replace(scorer, config=variant_configs[item])
+                        for name, scorer in candidates})
     evaluators = {name: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for name in scorers}
     timer = StageTimer()
     records = [r for r in holdout.records if r.image_id in found]
     for record in tqdm(records, desc="held-out images", disable=args.quiet, unit="img"):
         boxes = found[record.image_id].astype("float32").reshape(-1, 4)
-        features = window_features(model, record, boxes, timer)
+        features = window_features(model, record, boxes, timer, scales=model.test_scales)  # as detect
         for name, scorer in scorers.items():
             evaluators[name].process(record, detections_from_features(scorer, record, boxes, features, timer))
     results = {name: evaluator.evaluate() for name, evaluator in evaluators.items()}

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scorer", choices=("svm", "softmax"), help="score with the SVMs or fc8 (default: the model's)")
     parser.add_argument("--device", help="cpu or cuda (default: the model's)")
     parser.add_argument("--scales", nargs="+", type=int,
-                        help="short-side scales of the conv maps (default: the model's), e.g. 480 576 864")
+                        help="short-side scales of the conv maps, e.g. 688 (default: the model's test.scales, "
+                             "else its training scales)")
     parser.add_argument("--proposals", type=Path, metavar="DIR_OR_FILE",
                         help="boxes from elsewhere, keyed by file name without suffix (proposals/external.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         check_out_folder(args.out, args.inputs)
         check_writable([args.out])
         overrides = {**({"test.scorer": args.scorer} if args.scorer else {}),
-                     **({"scales": tuple(args.scales)} if args.scales else {})}
+                     **({"test.scales": tuple(args.scales)} if args.scales else {})}
         detector = Detector.load(args.model, args.device, overrides or None)
         external = ExternalProposals(args.proposals) if args.proposals is not None else None
         files = image_files(args.inputs)

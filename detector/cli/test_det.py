@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the windows where they are (the model's box regressors unused)")
     parser.add_argument("--scales", type=int, nargs="+", metavar="S",
                         help="short-side scales of the test conv maps, e.g. 480 576 688 864 1200 "
-                             "(default: the model's training scales)")
+                             "(default: the model's test.scales, else its training scales)")
     parser.add_argument("--box-voting", type=float, metavar="IOU",
                         help="move each detection to the score-weighted mean of its class's windows "
                              "overlapping it by IoU >= IOU (box voting, MR-CNN); 0: off (default: the model's)")
@@ -95,7 +95,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
     """The model settings the command line changes (those it leaves keep the model's values)."""
     overrides = {"test.scorer": args.scorer, "feature_path": args.feature_path,
             "test.bbox_regression": args.bbox_regression, "test.box_voting": args.box_voting,
-            "scales": tuple(args.scales) if args.scales else None,
+            "test.scales": tuple(args.scales) if args.scales else None,
             "proposals.source": str(args.proposals.resolve()) if args.proposals is not None else None}
     return {key: value for key, value in overrides.items() if value is not None}
 
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.images is not None:
                 dataset = dataset.first(args.images)
             if distributed.is_main():
+                scales = " ".join(map(str, model.test_scales))
                 print(f"testing {args.model} on {dataset.root} split {dataset.split!r} ({len(dataset.records)} "
-                      "images)", flush=True)
+                      f"images), {model.config.test.scorer} scorer, scales {scales}", flush=True)
             metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
                                     progress=not args.quiet, show_dir=args.show_dir, show=args.show,
                                     show_errors=args.show_errors)

@@ -16,6 +16,7 @@ per stage are accumulated in a ``StageTimer`` so a test run can print where its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -61,19 +62,22 @@ class WindowFeatures:
 
 
 def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
-                    timer: StageTimer, batch: int = 1024, image: np.ndarray | None = None) -> WindowFeatures:
-    """Pooled pyramid features and fc7 features of the windows, each at its best scale and
-    computed once per distinct window (SPP mode), or each from its own warped trunk pass
-    (R-CNN mode); ``image``: the record's RGB pixels when already in memory."""
+                    timer: StageTimer, batch: int = 1024, image: np.ndarray | None = None,
+                    scales: Sequence[int] | None = None) -> WindowFeatures:
+    """Pooled pyramid features and fc7 features of the windows, each at its best scale among
+    ``scales`` (None: the training scales, ``model.scales``) and computed once per distinct
+    window (SPP mode), or each from its own warped trunk pass (R-CNN mode); ``image``: the
+    record's RGB pixels when already in memory."""
+    scales = model.scales if scales is None else tuple(scales)
     if model.config.feature_path == "rcnn":
         pooled = RCNNFeatures.from_config(model.backbone, model.spp, model.config).pool_record(
             record, boxes, timer=timer, image=image)
         rows = np.arange(len(pooled), dtype=np.int64)
     else:
         with timer.stage("conv"):
-            maps = model.conv_maps.get_scales(record, model.scales, flip=False, image=image, timer=timer)
+            maps = model.conv_maps.get_scales(record, scales, flip=False, image=image, timer=timer)
         with timer.stage("pooling"):
-            scale_index = select_scales(boxes, record.height, record.width, model.scales,
+            scale_index = select_scales(boxes, record.height, record.width, scales,
                                         model.config.max_side)
             distinct, rows = distinct_windows(window_cells(model.backbone.geometry, maps, boxes,
                                                            scale_index))
@@ -99,9 +103,10 @@ def score_windows(model: DetectorModel, features: WindowFeatures) -> np.ndarray:
 
 def detect(model: DetectorModel, record: ImageRecord, proposals: np.ndarray,
            timer: StageTimer, image: np.ndarray | None = None) -> ImageDetections:
-    """Run the test pipeline on one image's proposals (``image``: its RGB pixels, if in memory)."""
+    """Run the test pipeline on one image's proposals at the model's test scales (``image``: its
+    RGB pixels, if in memory)."""
     boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
-    features = window_features(model, record, boxes, timer, image=image)
+    features = window_features(model, record, boxes, timer, image=image, scales=model.test_scales)
     found = detections_from_features(model, record, boxes, features, timer)
     timer.images += 1
     return found

@@ -57,7 +57,13 @@ class DetectorModel:
 
     @property
     def scales(self) -> tuple[int, ...]:
+        """The training scales (fine-tuning, SVM and box-regression features)."""
         return tuple(self.config.scales)
+
+    @property
+    def test_scales(self) -> tuple[int, ...]:
+        """The scales ``detect`` computes maps at: ``test.scales``, or the training scales."""
+        return tuple(self.config.test.scales or self.config.scales)
 
     def with_config(self, config: Config, map_folder: Path | None = None) -> DetectorModel:
         """The same weights under another config (feature path, scales, test settings), its conv

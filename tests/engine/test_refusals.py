@@ -152,4 +152,4 @@ def test_testing_without_split_takes_test_and_never_falls_back_to_training_image
     test_det.main(["--voc-root", str(root), "--model", str(run / "model.pt"), "--out", str(tmp_path / "t2"),
                    "--quiet", "--images", "1"])
     assert capsys.readouterr().out.splitlines()[0] == (f"testing {run / 'model.pt'} on {root} split 'test' "
-                                                       "(1 images)")
+                                                       "(1 images), svm scorer, scales 224")

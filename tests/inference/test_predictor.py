@@ -197,9 +197,10 @@ def test_test_command_overrides_reach_the_model(tiny_trained):
     path = tiny_trained[1] / "model.pt"
     args = parse_args(["--model", str(path), "--out", "o", "--scales", "160", "288", "--box-voting", "0.5"])
     overrides = model_overrides(args)
-    assert overrides == {"scales": (160, 288), "test.box_voting": 0.5}
+    assert overrides == {"test.scales": (160, 288), "test.box_voting": 0.5}
     base, model = load_model(path, "cpu"), load_model(path, "cpu", overrides=overrides)
-    assert model.scales == (160, 288) and model.config.test.box_voting == 0.5
+    assert model.test_scales == (160, 288) and model.config.test.box_voting == 0.5
+    assert model.scales == base.scales == (224,)  # the training scales stay the model's
     assert model.config.test.scorer == base.config.test.scorer and model.config.fc_width == base.config.fc_width
     record = load_voc(tiny_trained[0], "train").records[2]
     proposals = Detector.load(path).proposals(load_image(record.path))

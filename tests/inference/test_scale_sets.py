@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from detector.benchmarks.modes import cached_proposals
 from detector.benchmarks.scale_sets import all_subsets, scale_usage, score_every_scale, subset_detections
@@ -11,7 +12,7 @@ from detector.cli import scale_sets as scale_sets_cli
 from detector.core.timing import StageTimer
 from detector.data.voc import load_voc
 from detector.features.geometry import select_scales
-from detector.inference.detect import detect
+from detector.inference.detect import detect, window_features
 from detector.model.detector import load_model
 
 SCALES = (160, 224, 320)
@@ -42,7 +43,7 @@ def test_a_subset_detects_as_detect_with_those_scales(tiny_model, scorer):
     for record in dataset.records:
         scored = score_every_scale(full, record, proposals[record.image_id])
         for subset in all_subsets(len(SCALES)):
-            one = full.with_config(full.config.replace(scales=tuple(SCALES[i] for i in subset)), None)
+            one = full.with_config(full.config.replace(**{"test.scales": tuple(SCALES[i] for i in subset)}), None)
             expected = detect(one, record, proposals[record.image_id], StageTimer())
             found = subset_detections(full, record, scored, subset)
             assert len(found.boxes) == len(expected.boxes)
@@ -52,6 +53,26 @@ def test_a_subset_detects_as_detect_with_those_scales(tiny_model, scorer):
             np.testing.assert_array_equal(found.labels[order_f], expected.labels[order_e])
             compared += len(expected.boxes)
     assert compared > 0  # some detections were compared, not only empty lists
+
+
+def test_detect_reads_the_test_scales_and_training_features_the_training_scales(tiny_model):
+    model, dataset, proposals = tiny_model
+    record = dataset.records[0]
+    boxes = proposals[record.image_id].astype(np.float32)
+    trained_at_224 = model.with_config(model.config.replace(scales=(224,), **{"test.scales": (160, 320)}), None)
+    tested_alone = model.with_config(model.config.replace(scales=(160, 320), **{"test.scales": ()}), None)
+    assert trained_at_224.test_scales == tested_alone.test_scales == (160, 320)
+    found = detect(trained_at_224, record, boxes, StageTimer())
+    expected = detect(tested_alone, record, boxes, StageTimer())
+    assert len(expected.boxes) > 0
+    np.testing.assert_array_equal(found.boxes, expected.boxes)
+    np.testing.assert_array_equal(found.scores, expected.scores)
+    # the features of training (fine-tuning, SVMs, regressors) stay at the training scales
+    at_224 = window_features(trained_at_224, record, boxes, StageTimer()).window_fc7()
+    alone_224 = window_features(model.with_config(model.config.replace(scales=(224,)), None), record, boxes,
+                                StageTimer()).window_fc7()
+    at_test = window_features(trained_at_224, record, boxes, StageTimer(), scales=(160, 320)).window_fc7()
+    assert torch.equal(at_224, alone_224) and not torch.allclose(at_224, at_test)
 
 
 def test_scale_usage_counts_every_window_once(tiny_model):

@@ -22,8 +22,9 @@ def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, 
     assert "note: the refits at C = 1 are above the mining's C = 0.1" in out  # 0.01 is below it: not named
     data = json.loads((tmp_path / "c.json").read_text())
     svms = ["SVMs as mined (C=0.1)", "SVMs after pass 1 of 2", "SVMs refit at C=0.01", "SVMs refit at C=1"]
-    assert list(data["results"]) == ["softmax", *svms, *(f"{name} test.box_voting=0" for name in svms),
-                                     *(f"{name} test.score_threshold=-1.0,test.nms_iou=0.4" for name in svms)]
+    variants = ("test.box_voting=0", "test.score_threshold=-1.0,test.nms_iou=0.4")
+    assert list(data["results"]) == ["softmax", *svms, *(f"{name} {item}" for item in variants
+                                                         for name in ("softmax", *svms))]
     assert all(r["mAP"] is not None and 0 <= r["mAP"] <= 1 for r in data["results"].values())
     assert data["mining"]["images_per_pass"] == [9, 9]
 
