@@ -22,6 +22,9 @@ class SVMConfig:
     neg_iou: float = 0.3
     neg_overlap: float = 0.7
     passes: int = 1
+    # also the GT boxes of the horizontally flipped training images as positives (twice the
+    # positives for a pass over their GT boxes alone; negatives are mined on the images as they are)
+    flip_positives: bool = False
     retrain_every: int = 2000
     max_cache_per_class: int = 20_000
     cache_dtype: str = "float16"

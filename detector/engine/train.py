@@ -35,6 +35,7 @@ from bbox_regression.ridge import BoxRegressor, BoxRegressorTrainer
 from bbox_regression.training_pairs import select_training_pairs
 from detector.config import Config
 from detector.core import distributed
+from detector.core.boxes import flip_boxes
 from detector.core.integrity import seal
 from detector.core.io import save_checkpoint, write_json_atomic
 from detector.core.interrupt import set_stage
@@ -80,11 +81,13 @@ def training_windows(dataset: VOCDataset, config: Config, progress: bool = True)
     return [build_windows(r, proposals[r.image_id]) for r in dataset.records if r.image_id in proposals]
 
 
-def image_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray, stage: str) -> WindowFeatures | None:
-    """Features of one image's windows, or None (logged, naming the file) when this image fails;
-    an ``OSError`` (an unwritable cache) stops the run, its message naming the path."""
+def image_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray, stage: str,
+                   flip: bool = False) -> WindowFeatures | None:
+    """Features of one image's windows (of its mirror image with ``flip``, the boxes in its
+    coordinates), or None (logged, naming the file) when this image fails; an ``OSError`` (an
+    unwritable cache) stops the run, its message naming the path."""
     try:
-        return window_features(model, record, boxes, StageTimer())
+        return window_features(model, record, boxes, StageTimer(), flip=flip)
     except OSError:
         raise
     except Exception as error:  # this image only (decode, trunk or pooling failure)
@@ -185,17 +188,22 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
                 regression.add(pooled, windows.boxes[rows], windows.record.boxes, windows.record.labels)
             yield image
 
-    def one_image_positives(windows: ImageWindows) -> ImageFeatures | None:
-        """The SVM features of one image's GT boxes alone (the positives; a fraction of its windows)."""
-        record = windows.record
-        features = image_features(model, record, record.boxes, "SVM positives")
+    def one_image_positives(item: tuple[ImageWindows, bool]) -> ImageFeatures | None:
+        """The SVM features of one image's GT boxes alone (the positives; a fraction of its windows),
+        or of its mirror image's (``svm.flip_positives``; id ``<id>_flip``)."""
+        record, flip = item[0].record, item[1]
+        boxes = flip_boxes(record.boxes, record.width) if flip else record.boxes
+        features = image_features(model, record, boxes, "SVM positives", flip=flip)
         if features is None:
             return None
-        return ImageFeatures(record.image_id, features.window_svm_input(config.svm.features).float().numpy(),
-                             record.boxes, record.boxes, record.labels, record.difficult)
+        return ImageFeatures(record.image_id + ("_flip" if flip else ""),
+                             features.window_svm_input(config.svm.features).float().numpy(),
+                             boxes, boxes, record.labels, record.difficult)
+
+    flips = (False, True) if config.svm.flip_positives else (False,)
+    with_gt = [(w, flip) for w in train if len(w.record.boxes) for flip in flips]
 
     def positives_pass() -> Iterator[ImageFeatures]:
-        with_gt = [w for w in train if len(w.record.boxes)]
         for _, result in distributed.ordered_stream(with_gt, one_image_positives, per_round=16):
             if result is not None:
                 yield result
@@ -203,7 +211,7 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     miner = HardNegativeMiner(len(model.classes), scale, config.svm, model.classes, on_retrain)
     svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
                      progress=progress and distributed.is_main(), miner=miner,
-                     positives=lambda: SizedPass(positives_pass, sum(len(w.record.boxes) > 0 for w in train)))
+                     positives=lambda: SizedPass(positives_pass, len(with_gt)))
     return svm, regression, svm.training_stats or {}, miner
 
 

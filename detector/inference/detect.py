@@ -63,19 +63,20 @@ class WindowFeatures:
 
 def window_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray,
                     timer: StageTimer, batch: int = 1024, image: np.ndarray | None = None,
-                    scales: Sequence[int] | None = None) -> WindowFeatures:
+                    scales: Sequence[int] | None = None, flip: bool = False) -> WindowFeatures:
     """Pooled pyramid features and fc7 features of the windows, each at its best scale among
     ``scales`` (None: the training scales, ``model.scales``) and computed once per distinct
     window (SPP mode), or each from its own warped trunk pass (R-CNN mode); ``image``: the
-    record's RGB pixels when already in memory."""
+    record's RGB pixels when already in memory; ``flip``: of the left-right mirrored image, the
+    boxes given in its coordinates (``flip_boxes``)."""
     scales = model.scales if scales is None else tuple(scales)
     if model.config.feature_path == "rcnn":
         pooled = RCNNFeatures.from_config(model.backbone, model.spp, model.config).pool_record(
-            record, boxes, timer=timer, image=image)
+            record, boxes, flip, timer=timer, image=image)
         rows = np.arange(len(pooled), dtype=np.int64)
     else:
         with timer.stage("conv"):
-            maps = model.conv_maps.get_scales(record, scales, flip=False, image=image, timer=timer)
+            maps = model.conv_maps.get_scales(record, scales, flip=flip, image=image, timer=timer)
         with timer.stage("pooling"):
             scale_index = select_scales(boxes, record.height, record.width, scales,
                                         model.config.max_side)
