@@ -20,6 +20,9 @@ class SVMConfig:
     hard_threshold: float = -1.0
     evict_threshold: float = -1.2
     neg_iou: float = 0.3
+    # proposals overlapping a non-difficult GT box by IoU >= pos_iou are positives of its class
+    # too (svm.positives); 1: the GT boxes alone (the paper)
+    pos_iou: float = 1.0
     neg_overlap: float = 0.7
     passes: int = 1
     # also the GT boxes of the horizontally flipped training images as positives (twice the
@@ -46,6 +49,8 @@ class SVMConfig:
                 f"SVMConfig: neg_iou and neg_overlap must be in (0, 1], got "
                 f"{self.neg_iou}, {self.neg_overlap}"
             )
+        if not self.neg_iou < self.pos_iou <= 1:
+            raise ValueError(f"SVMConfig: pos_iou must be in (neg_iou, 1], got {self.pos_iou} (neg_iou {self.neg_iou})")
         if self.passes < 1 or self.retrain_every < 1 or self.max_cache_per_class < 1:
             raise ValueError(
                 f"SVMConfig: passes, retrain_every and max_cache_per_class must be >= 1, got "

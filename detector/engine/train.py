@@ -68,6 +68,7 @@ from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
 from svm.features import ImageFeatures
+from svm.positives import select_positives
 from svm.mining import HardNegativeMiner, SVMModel, train_svms
 
 log = logging.getLogger(__name__)
@@ -189,16 +190,22 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
             yield image
 
     def one_image_positives(item: tuple[ImageWindows, bool]) -> ImageFeatures | None:
-        """The SVM features of one image's GT boxes alone (the positives; a fraction of its windows),
-        or of its mirror image's (``svm.flip_positives``; id ``<id>_flip``)."""
-        record, flip = item[0].record, item[1]
-        boxes = flip_boxes(record.boxes, record.width) if flip else record.boxes
+        """The SVM features of one image's positive windows alone (its GT boxes, and with
+        ``svm.pos_iou`` < 1 the proposals that close to one; a fraction of its windows), or of its
+        mirror image's (``svm.flip_positives``; id ``<id>_flip``), each row a "GT" row of its class."""
+        windows, flip = item
+        record = windows.record
+        proposals = windows.boxes[len(record.boxes):]
+        rows, labels = select_positives(proposals, record.boxes, record.labels, record.difficult, config.svm.pos_iou)
+        boxes = np.concatenate([record.boxes, proposals[rows]]).astype(np.float32)
+        boxes = flip_boxes(boxes, record.width) if flip else boxes
         features = image_features(model, record, boxes, "SVM positives", flip=flip)
         if features is None:
             return None
         return ImageFeatures(record.image_id + ("_flip" if flip else ""),
-                             features.window_svm_input(config.svm.features).float().numpy(),
-                             boxes, boxes, record.labels, record.difficult)
+                             features.window_svm_input(config.svm.features).float().numpy(), boxes, boxes,
+                             np.concatenate([record.labels, labels]),
+                             np.concatenate([record.difficult, np.zeros(len(rows), dtype=bool)]))
 
     flips = (False, True) if config.svm.flip_positives else (False,)
     with_gt = [(w, flip) for w in train if len(w.record.boxes) for flip in flips]
