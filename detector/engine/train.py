@@ -68,8 +68,8 @@ from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
 from svm.features import ImageFeatures
-from svm.positives import select_positives
 from svm.mining import HardNegativeMiner, SVMModel, train_svms
+from svm.positives import select_positives
 
 log = logging.getLogger(__name__)
 
