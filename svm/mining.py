@@ -274,9 +274,10 @@ class HardNegativeMiner:
             logger.info("SVM class %s: %s", self.names[label], class_stats)
         self.stats.failing_classes = failing_classes(self.stats, self.names)
         for name, reasons in self.stats.failing_classes.items():
-            logger.warning("SVM class %s fails its check on its own training data: %s; try svm.passes=2 "
-                           "(mine again under the final model) or another svm.C, look at the class's boxes, or "
-                           "score without the SVMs (--scorer softmax)", name, "; ".join(reasons))
+            logger.warning("SVM class %s fails its check on its own training data: %s; try more positives "
+                           "(svm.pos_iou=0.7: the proposals near its GT boxes; svm.flip_positives=true), "
+                           "look at the class's boxes, or score without the SVMs (--scorer softmax)",
+                           name, "; ".join(reasons))
         logger.info(
             "SVM mining: %d pass(es), %s images, %.1f s (%.1f s producing images), "
             "peak cache %.1f MiB",
