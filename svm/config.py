@@ -21,7 +21,7 @@ class SVMConfig:
     evict_threshold: float = -1.2
     neg_iou: float = 0.3
     # proposals overlapping a non-difficult GT box by IoU >= pos_iou are positives of its class
-    # too (svm.positives); 1: the GT boxes alone (the paper)
+    # too (ImageWindows.near_gt); 1: the GT boxes alone (the paper)
     pos_iou: float = 1.0
     neg_overlap: float = 0.7
     passes: int = 1

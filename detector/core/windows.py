@@ -35,6 +35,15 @@ class ImageWindows:
         labels[has] = self.record.labels[self.gt_index[has]]
         return labels
 
+    def near_gt(self, min_iou: float) -> np.ndarray:
+        """Rows of the proposals whose best-overlapping GT box is not difficult and overlaps them
+        by IoU >= ``min_iou`` (the SVMs' extra positives, ``svm.pos_iou``; none at 1 or above)."""
+        if min_iou >= 1 or self.num_gt == 0:
+            return np.zeros(0, dtype=np.int64)
+        rows = np.arange(self.num_gt, len(self.boxes))
+        keep = (self.max_iou[rows] >= min_iou) & ~np.asarray(self.record.difficult, dtype=bool)[self.gt_index[rows]]
+        return rows[keep].astype(np.int64)
+
 
 def build_windows(record: ImageRecord, proposals: np.ndarray) -> ImageWindows:
     """Stack the GT boxes and the proposals and compute their overlaps with the GT."""

@@ -69,7 +69,6 @@ from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
 from svm.features import ImageFeatures
 from svm.mining import HardNegativeMiner, SVMModel, train_svms
-from svm.positives import select_positives
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +194,9 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
         mirror image's (``svm.flip_positives``; id ``<id>_flip``), each row a "GT" row of its class."""
         windows, flip = item
         record = windows.record
-        proposals = windows.boxes[len(record.boxes):]
-        rows, labels = select_positives(proposals, record.boxes, record.labels, record.difficult, config.svm.pos_iou)
-        boxes = np.concatenate([record.boxes, proposals[rows]]).astype(np.float32)
+        rows = windows.near_gt(config.svm.pos_iou)
+        labels = windows.gt_labels[rows]
+        boxes = np.concatenate([record.boxes, windows.boxes[rows]]).astype(np.float32)
         boxes = flip_boxes(boxes, record.width) if flip else boxes
         features = image_features(model, record, boxes, "SVM positives", flip=flip)
         if features is None:

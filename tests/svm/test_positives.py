@@ -1,19 +1,22 @@
 """The SVMs' positives: GT boxes, proposals near them (svm.pos_iou), mirrored copies (svm.flip_positives)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from detector.core.boxes import flip_boxes
 from detector.core.images import load_image
+from detector.core.records import ImageRecord
 from detector.core.timing import StageTimer
+from detector.core.windows import build_windows
 from detector.data.voc import load_voc
 from detector.engine.train import mine_classifiers, training_windows
 from detector.inference.detect import window_features
 from detector.model.detector import load_model
 from svm.config import SVMConfig
-from svm.positives import select_positives
 
 
 def _iou(a, b) -> float:
@@ -27,7 +30,7 @@ def _iou(a, b) -> float:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_select_positives_matches_a_naive_loop(seed):
+def test_near_gt_windows_match_a_naive_loop(seed):
     rng = np.random.default_rng(seed)
     corners = rng.uniform(0, 80, (4, 2))
     gt = np.concatenate([corners, corners + rng.uniform(20, 40, (4, 2))], axis=1)
@@ -36,17 +39,19 @@ def test_select_positives_matches_a_naive_loop(seed):
     proposals = np.concatenate([jittered, np.concatenate([anywhere, anywhere + rng.uniform(5, 50, (20, 2))], 1)])
     proposals[:, 2:] = np.maximum(proposals[:, 2:], proposals[:, :2] + 1)
     labels, difficult = np.array([3, 1, 3, 0]), np.array([False, False, True, False])
+    record = ImageRecord("im", Path("im.jpg"), 200, 200, gt.astype(np.float32), labels, difficult)
+    windows = build_windows(record, proposals.astype(np.float32))
     for min_iou in (0.5, 0.7, 1.0):
-        rows, classes = select_positives(proposals, gt, labels, difficult, min_iou)
+        rows = windows.near_gt(min_iou)
         expected_rows, expected_classes = [], []
-        for i, p in enumerate(proposals):
-            overlaps = [_iou(p, g) for g in gt]
+        for i, p in enumerate(windows.boxes[4:].astype(np.float64)):
+            overlaps = [_iou(p, g) for g in windows.boxes[:4].astype(np.float64)]
             best = int(np.argmax(overlaps))
             if min_iou < 1 and overlaps[best] >= min_iou and not difficult[best]:
-                expected_rows.append(i)
+                expected_rows.append(4 + i)
                 expected_classes.append(labels[best])
         np.testing.assert_array_equal(rows, expected_rows)
-        np.testing.assert_array_equal(classes, expected_classes)
+        np.testing.assert_array_equal(windows.gt_labels[rows], expected_classes)
         if min_iou == 0.7:
             assert 0 < len(rows) < 60  # the test reaches both sides of the threshold
 
@@ -85,8 +90,7 @@ def test_pos_iou_adds_the_proposals_near_gt_boxes(tiny_trained, monkeypatch):
     for w in windows:
         record = w.record
         np.add.at(expected, record.labels[~record.difficult], 1)
-        _, classes = select_positives(w.boxes[len(record.boxes):], record.boxes, record.labels, record.difficult, 0.7)
-        np.add.at(expected, classes, 1)
+        np.add.at(expected, w.gt_labels[w.near_gt(0.7)], 1)
     assert [c["num_positives"] for c in stats["classes"]] == expected.tolist()
     assert expected.sum() > sum(int((~w.record.difficult).sum()) for w in windows)  # proposals were added
 
