@@ -3,7 +3,7 @@ features, refit at every candidate C on the final caches, and measure each on SP
 
     python tools/choose_svm_c.py --voc-root ROOT --model RUN/model.pt [--split dev_train]
                                  [--C 0.001 0.003 0.01 0.03] [--test-variants test.box_voting=0 ...]
-                                 [--json FILE]
+                                 [--grid svm.KEY=V1,V2,...] [--json FILE]
 
 Mining runs once, under the model's ``svm.C`` (``--set svm.C=...`` to change it; with
 ``svm.passes`` above 1 the SVMs at the end of each earlier pass are scored too); every candidate
@@ -20,6 +20,12 @@ fine-tuned on all of SPLIT has seen them in fine-tuning (its SVMs here have not)
 --test-variants item (``test.KEY=VALUE[,test.KEY=VALUE]``) adds the softmax and every SVM
 candidate again under those test settings (score threshold, box voting, NMS, detections per
 image), from the same features.
+
+--grid mines once per value of one ``svm`` setting (e.g. ``svm.neg_iou=0.1,0.2,0.3,0.4,0.5``, R-CNN's
+grid for the negatives' overlap), every mining on the same fc7 features: the first keeps the
+SPLIT-fit windows' features in a float16 file (about 6 GB for dev_train-fit at fc7 width 1024, in a
+temporary folder of the cache, removed at the end) and the others read them back, so each further
+value costs minutes, not a feature pass.  With --grid the refits happen only at the --C given.
 """
 from __future__ import annotations
 
@@ -36,16 +42,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_dataset_arguments(parser, default_split="dev_train")
     parser.add_argument("--model", type=Path, required=True, help="model.pt whose fc layers give the features")
-    parser.add_argument("--C", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2, 3e-2],
-                        help="candidate values of svm.C")
+    parser.add_argument("--C", nargs="+", type=float,
+                        help="refit every mining at these values of svm.C (default: 0.001 0.003 0.01 0.03; "
+                             "none with --grid)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="svm.* settings of the mining, e.g. svm.C=0.01 svm.passes=2")
     parser.add_argument("--images", type=int, help="mine on the first N images of SPLIT-fit only")
     parser.add_argument("--test-variants", nargs="+", default=[], metavar="test.KEY=VALUE[,...]",
                         help="also score every SVM candidate under these test settings")
+    parser.add_argument("--grid", metavar="svm.KEY=V1,V2,...",
+                        help="mine once per value of this svm setting, all from one feature pass")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.C is None:
+        args.C = [] if args.grid else [1e-3, 3e-3, 1e-2, 3e-2]
     if any(not c > 0 for c in args.C):
         parser.error(f"--C values must be positive, got {args.C}")
     overrides = {}
@@ -60,8 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         if any(not sep or not key.startswith("test.") for key, sep, _ in pairs):
             parser.error(f"--test-variants takes test.KEY=VALUE[,test.KEY=VALUE], got {item!r}")
         variants[item] = {key: value for key, _, value in pairs}
+    grid = {"": {}}
+    if args.grid:
+        key, sep, values = args.grid.partition("=")
+        if not sep or not key.startswith("svm.") or key == "svm.features" or not values:
+            parser.error(f"--grid takes svm.KEY=V1,V2,... (not svm.features: the features are shared), got {args.grid!r}")
+        grid = {f"{key}={value}": {**overrides, key: value} for value in values.split(",")}
     setup_logging()
     import dataclasses
+    import tempfile
 
     from tqdm import tqdm
 
@@ -73,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     from detector.inference.detect import detections_from_features, window_features
     from detector.model.detector import load_model
     from proposals.external import load_proposals
+    from svm.features import FeatureReplay
 
     root = dataset_root_from_args(args)
     split = args.split or "dev_train"
@@ -80,25 +99,37 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.model, cache_dir=cache_root(root), overrides={"test.scorer": "softmax", **overrides})
         svm_config = model.config.replace(**{"test.scorer": "svm"})
         variant_configs = {item: svm_config.replace(**changes) for item, changes in variants.items()}  # checked now
+        grid_configs = {label: model.config.replace(**changes) for label, changes in grid.items()}  # checked now
         fit = load_voc(root, f"{split}-fit", model.classes)
         holdout = load_voc(root, f"{split}-holdout", model.classes)
         config = model.config
         windows = training_windows(fit, config, not args.quiet)[:args.images]
-        mined, regression, stats, miner = mine_classifiers(model, windows, not args.quiet)
-        refits = {float(c): miner.refit(c) for c in args.C}
+        mined, stats, refits = {}, {}, {}
+        cache_root(root).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="choose_svm_", dir=cache_root(root)) as work:
+            replay = FeatureReplay(Path(work) / "fc7.float16") if args.grid else None
+            for label, candidate_config in grid_configs.items():
+                svms, regression_here, stats[label], miner = mine_classifiers(
+                    dataclasses.replace(model, config=candidate_config), windows, not args.quiet, replay=replay)
+                mined[label] = (svms, candidate_config.svm.C)
+                refits[label] = {float(c): miner.refit(c) for c in args.C}
+                if len(mined) == 1:  # the box regressors are fed by the first mining only
+                    regression = regression_here
         if model.regressor is None:
             model.regressor = regression.fit(not args.quiet)
         found = load_proposals(root, holdout.records, config.proposals.method, config.proposals.max_side,
                                config.proposals.workers, not args.quiet, config.proposals.source)
     except (ValueError, OSError) as error:
         raise SystemExit(f"choose_svm_c.py: {error_line(error)}") from error
-    scorers = {"softmax": model,
-               f"SVMs as mined (C={config.svm.C:g})": dataclasses.replace(model, svm=mined, config=svm_config),
-               **{f"SVMs after pass {k + 1} of {len(miner.pass_models)}": dataclasses.replace(
-                   model, svm=pass_model, config=svm_config)
-                  for k, pass_model in enumerate(miner.pass_models[:-1])},
-               **{f"SVMs refit at C={c:g}": dataclasses.replace(model, svm=refits[float(c)], config=svm_config)
-                  for c in args.C}}
+    scorers = {"softmax": model}
+    for label, (svms, mined_c) in mined.items():
+        where = f" {label}" if label else ""
+        scorers[f"SVMs{where} as mined (C={mined_c:g})"] = dataclasses.replace(model, svm=svms, config=svm_config)
+        if not label:
+            scorers.update({f"SVMs after pass {k + 1} of {len(miner.pass_models)}": dataclasses.replace(
+                model, svm=pass_model, config=svm_config) for k, pass_model in enumerate(miner.pass_models[:-1])})
+        scorers.update({f"SVMs{where} refit at C={c:g}": dataclasses.replace(model, svm=refit, config=svm_config)
+                        for c, refit in refits[label].items()})
     candidates = [(name, scorer) for name, scorer in scorers.items() if name.startswith("SVMs")]
     for item, changes in variants.items():
         scorers[f"softmax {item}"] = dataclasses.replace(model, config=model.config.replace(**changes))
@@ -127,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
               f"caches never held above their positives; mine at such a C (--set svm.C=...) to compare it fairly")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"split": split, "model": str(args.model), "mining": stats,
+        args.json.write_text(json.dumps({"split": split, "model": str(args.model),
+                                         "mining": stats[""] if "" in stats else stats,
                                          "results": {n: {"mAP": m["mAP"], "ap": m["ap"]} for n, m in results.items()}},
                                         indent=1, default=float))
         print(f"wrote {args.json}")

@@ -67,7 +67,7 @@ from detector.inference.detect import WindowFeatures, window_features
 from detector.model.detector import DetectorModel, build_detector, save_model
 from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
-from svm.features import ImageFeatures
+from svm.features import FeatureReplay, ImageFeatures
 from svm.mining import HardNegativeMiner, SVMModel, train_svms
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def train_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progr
 
 
 def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progress: bool = True,
-                     on_retrain: Callable[[dict], None] | None = None
+                     on_retrain: Callable[[dict], None] | None = None, replay: FeatureReplay | None = None
                      ) -> tuple[SVMModel, BoxRegressorTrainer, dict, HardNegativeMiner]:
     """Per-class SVMs (hard negative mining) on fc7 (or pool5, ``svm.features``) and box regressors
     on pooled conv5.
@@ -153,7 +153,10 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     per rank with fc7 features, 1 with pool5 (the ranks wait on each other once per round; each
     holds the round's features of all ranks, e.g. 2 ranks x 4 x about 14 MB for a VOC image at fc
     width 1024).  Returned last: the miner, its final caches and per-pass models kept for inspection
-    (``HardNegativeMiner.refit``, ``pass_models``)."""
+    (``HardNegativeMiner.refit``, ``pass_models``).  ``replay``: the negatives' stream is recorded
+    there on its first pass and read back on every later pass and call (several SVM settings mined on
+    the same features: ``choose_svm_c.py --grid``; the box regressors are fed by the recording call
+    only, and every pass reads the features rounded to float16)."""
     config = model.config
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
@@ -174,6 +177,11 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
                              windows.boxes, record.boxes, record.labels, record.difficult), pairs
 
     def one_pass() -> Iterator[ImageFeatures]:
+        if replay is None:
+            return computed_pass()
+        return replay.replay() if replay.complete else replay.record(computed_pass())
+
+    def computed_pass() -> Iterator[ImageFeatures]:
         nonlocal passes_started
         feed_regression = passes_started == 0
         passes_started += 1

@@ -44,3 +44,43 @@ def test_the_tool_refuses_a_split_without_held_out_images(tiny_trained, monkeypa
     monkeypatch.setenv("SPPNET_CACHE", str(cache))
     with pytest.raises(SystemExit, match="leaves no image in its holdout part"):
         choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"), "--quiet"])
+
+
+def test_a_grid_mines_every_value_from_one_feature_pass(tiny_trained, tmp_path, monkeypatch, capsys):
+    _, run, _ = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
+    root = make_demo_dataset(tmp_path / "demo", n_train=15, n_test=1, seed=3)
+    computed = []
+    from detector.engine import train as train_module
+    real = train_module.image_features
+    monkeypatch.setattr(train_module, "image_features",
+                        lambda model, record, boxes, stage, **kw: computed.append(stage) or real(model, record, boxes,
+                                                                                                 stage, **kw))
+    # the same setting spelt twice: the first mining records the features, the second replays them
+    choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"), "--quiet",
+                       "--json", str(tmp_path / "g.json"), "--images", "9", "--grid", "svm.neg_iou=0.3,0.30,0.2"])
+    data = json.loads((tmp_path / "g.json").read_text())
+    names = ["SVMs svm.neg_iou=0.3 as mined (C=0.1)", "SVMs svm.neg_iou=0.30 as mined (C=0.1)",
+             "SVMs svm.neg_iou=0.2 as mined (C=0.1)"]
+    assert list(data["results"]) == ["softmax", *names]
+    first, again, lower = (data["mining"][f"svm.neg_iou={v}"] for v in ("0.3", "0.30", "0.2"))
+    def untimed(stats):
+        return [{k: v for k, v in c.items() if "seconds" not in k} for c in stats["classes"]]
+
+    assert untimed(first) == untimed(again)  # replayed features == recorded ones, to the bit
+    assert data["results"][names[0]] == data["results"][names[1]]
+    assert untimed(first) != untimed(lower)  # the grid's values do reach the mining
+    assert computed.count("SVMs") == 9  # one pass of the negatives' features for three minings
+    assert not list((tmp_path / "cache").glob("choose_svm_*"))  # the feature file is removed
+
+
+def test_the_grid_refuses_what_it_cannot_share(tiny_trained, monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    for grid in ("svm.features=fc7,pool5", "test.nms_iou=0.3,0.4", "svm.neg_iou"):
+        with pytest.raises(SystemExit):
+            choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
+                               "--grid", grid, "--quiet"])
+    with pytest.raises(SystemExit, match="neg_iou"):  # a bad value is named before any mining
+        choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
+                           "--grid", "svm.neg_iou=0.3,7", "--quiet"])

@@ -114,3 +114,4 @@ def test_flip_positives_doubles_every_class_positives(tiny_trained, monkeypatch)
     expected = [2 * sum(int(np.sum((w.record.labels == k) & ~w.record.difficult)) for w in windows)
                 for k in range(len(model.classes))]
     assert counts[True] == [2 * n for n in counts[False]] == expected and sum(expected) > 0
+

@@ -532,3 +532,28 @@ def test_the_miner_keeps_the_svms_of_every_pass(train_images, feature_scale) -> 
     assert len(miner.pass_models) == final.training_stats["passes"] >= 2
     np.testing.assert_array_equal(miner.pass_models[-1].weights, final.weights)
     assert not np.array_equal(miner.pass_models[0].weights, final.weights)  # the second pass retrained
+
+
+def test_a_feature_replay_gives_back_what_it_recorded(tmp_path):
+    from svm.features import FeatureReplay, ImageFeatures
+    rng = np.random.default_rng(0)
+    images = []
+    for k, rows in enumerate((5, 0, 3)):
+        gt = np.array([[1, 1, 9, 9]], np.float32)[: min(rows, 1)]
+        boxes = np.concatenate([gt, rng.uniform(0, 20, (rows - len(gt), 4)).astype(np.float32)])
+        images.append(ImageFeatures(f"im{k}", rng.normal(size=(rows, 6)) * 30, boxes, gt, np.zeros(len(gt), int),
+                                    np.zeros(len(gt), bool)))
+    replay = FeatureReplay(tmp_path / "f16")
+    with pytest.raises(ValueError, match="nothing recorded"):
+        next(replay.replay())
+    recorded = list(replay.record(iter(images)))
+    for passed, again, original in zip(recorded, replay.replay(), images, strict=True):
+        assert passed.image_id == again.image_id == original.image_id
+        np.testing.assert_array_equal(passed.features, again.features)
+        np.testing.assert_array_equal(again.features, original.features.astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(again.boxes, original.boxes)
+        np.testing.assert_array_equal(again.gt_labels, original.gt_labels)
+    cut = replay.record(iter(images))
+    next(cut)  # a recording stopped after one image is not replayed
+    with pytest.raises(ValueError, match="cut short"):
+        next(replay.replay())
