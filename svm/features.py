@@ -96,14 +96,12 @@ class FeatureReplay:
         if not self.complete:
             raise ValueError(f"FeatureReplay {self.path}: nothing recorded yet (or the recording pass was cut short)")
         rows = sum(count for _, count, _ in self._entries)
-        data = np.memmap(self.path, dtype=np.float16, mode="r", shape=(rows, self._dim)) if rows else None
+        # np.memmap refuses an empty file: a pass without any window reads from an empty array
+        data = np.memmap(self.path, dtype=np.float16, mode="r", shape=(rows, self._dim)) if rows else \
+            np.zeros((0, self._dim), np.float16)
         for offset, count, image in self._entries:
-            features = data[offset:offset + count] if count else np.zeros((0, self._dim), np.float16)
-            yield ImageFeatures(image.image_id, features, image.boxes, image.gt_boxes, image.gt_labels,
-                                image.gt_difficult)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+            yield ImageFeatures(image.image_id, data[offset:offset + count], image.boxes, image.gt_boxes,
+                                image.gt_labels, image.gt_difficult)
 
 
 def _without_features(image: ImageFeatures) -> ImageFeatures:
