@@ -3,7 +3,7 @@ features, refit at every candidate C on the final caches, and measure each on SP
 
     python tools/choose_svm_c.py --voc-root ROOT --model RUN/model.pt [--split dev_train]
                                  [--C 0.001 0.003 0.01 0.03] [--test-variants test.box_voting=0 ...]
-                                 [--grid svm.KEY=V1,V2,...] [--json FILE]
+                                 [--grid svm.KEY=V1,V2,...] [--bootstrap 1000] [--json FILE]
 
 Mining runs once, under the model's ``svm.C`` (``--set svm.C=...`` to change it; with
 ``svm.passes`` above 1 the SVMs at the end of each earlier pass are scored too); every candidate
@@ -26,6 +26,11 @@ grid for the negatives' overlap), every mining on the same fc7 features: the fir
 SPLIT-fit windows' features in a float16 file (about 6 GB for dev_train-fit at fc7 width 1024, in a
 temporary folder of the cache, removed at the end) and the others read them back, so each further
 value costs minutes, not a feature pass.  With --grid the refits happen only at the --C given.
+
+Every SVM candidate's mAP is then compared with the softmax's under the same test settings by a
+paired bootstrap over the held-out images (``detector.evaluation.bootstrap``): the difference,
+its 90% interval and the share of resamples where the candidate is ahead, so a choice says how
+much of it the 365 images alone could have made.
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also score every SVM candidate under these test settings")
     parser.add_argument("--grid", metavar="svm.KEY=V1,V2,...",
                         help="mine once per value of this svm setting, all from one feature pass")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="resamples of the paired bootstrap against the softmax (0: none)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         args.C = [] if args.grid else [1e-3, 3e-3, 1e-2, 3e-2]
     if any(not c > 0 for c in args.C):
         parser.error(f"--C values must be positive, got {args.C}")
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -87,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from detector.core.timing import StageTimer
     from detector.data.voc import load_voc
     from detector.engine.train import mine_classifiers, training_windows
+    from detector.evaluation.bootstrap import paired_bootstrap, rank_matches
     from detector.evaluation.evaluator import VOCEvaluator
     from detector.inference.detect import detections_from_features, window_features
     from detector.model.detector import load_model
@@ -136,14 +146,24 @@ def main(argv: list[str] | None = None) -> None:
         scorers.update({f"{name} {item}": dataclasses.replace(scorer, config=variant_configs[item])
                         for name, scorer in candidates})
     evaluators = {name: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for name in scorers}
+    kept = {name: [] for name in scorers}  # per image, for the bootstrap
     timer = StageTimer()
     records = [r for r in holdout.records if r.image_id in found]
     for record in tqdm(records, desc="held-out images", disable=args.quiet, unit="img"):
         boxes = found[record.image_id].astype("float32").reshape(-1, 4)
         features = window_features(model, record, boxes, timer, scales=model.test_scales)  # as detect
         for name, scorer in scorers.items():
-            evaluators[name].process(record, detections_from_features(scorer, record, boxes, features, timer))
+            kept[name].append(detections_from_features(scorer, record, boxes, features, timer))
+            evaluators[name].process(record, kept[name][-1])
     results = {name: evaluator.evaluate() for name, evaluator in evaluators.items()}
+    versus = {}  # SVM candidate -> its difference from the softmax under the same test settings
+    if args.bootstrap and records:
+        ranked = {name: rank_matches(records, kept[name], len(model.classes)) for name in scorers}
+        for name in scorers:
+            variant = next((item for item in variants if name.endswith(f" {item}")), None)
+            if name.startswith("SVMs"):
+                versus[name] = paired_bootstrap(ranked[name], ranked["softmax" + (f" {variant}" if variant else "")],
+                                                resamples=args.bootstrap)
     print(f"{split}-fit ({len(windows)} images) -> {split}-holdout ({len(records)} images), model {args.model}")
     width = max(len(name) for name in scorers)
     print(f"{'scorer':{width}s} mAP   " + " ".join(f"{c[:5]:>5s}" for c in model.classes))
@@ -151,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:{width}s} {100 * metrics['mAP']:5.1f} "
               + " ".join(f"{100 * metrics['ap'][c]:5.1f}" if metrics["ap"].get(c) is not None else "    -"
                          for c in model.classes))
+    if versus:
+        print(f"SVMs minus the softmax under the same test settings, mAP points (paired bootstrap over the "
+              f"{len(records)} held-out images, {args.bootstrap} resamples):")
+        for name, difference in versus.items():
+            print(f"  {name:{width}s} {difference.mAP}")
     looser = [c for c in args.C if c > config.svm.C]
     if looser:
         print(f"note: the refits at C = {', '.join(f'{c:g}' for c in looser)} are above the mining's C = "
@@ -160,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"split": split, "model": str(args.model),
                                          "mining": stats[""] if "" in stats else stats,
-                                         "results": {n: {"mAP": m["mAP"], "ap": m["ap"]} for n, m in results.items()}},
+                                         "results": {n: {"mAP": m["mAP"], "ap": m["ap"]} for n, m in results.items()},
+                                         "minus_softmax": {n: dataclasses.asdict(d.mAP) for n, d in versus.items()}},
                                         indent=1, default=float))
         print(f"wrote {args.json}")
 

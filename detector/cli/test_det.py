@@ -3,6 +3,7 @@
     python tools/test_det.py [--voc-root ROOT --split SPLIT] --model DIR/model.pt --out DIR2
                              [--images N] [--feature-path spp|rcnn] [--scorer svm|softmax]
     python tools/test_det.py --voc-root ROOT --split SPLIT --eval-only DIR [--metric voc07|voc10]
+                             [--compare DIR2 [--resamples 1000]]
 
 With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json,
 DIR2/metrics.json and the precision-recall curves DIR2/pr_curves.json and DIR2/pr_curves.png, and
@@ -13,7 +14,10 @@ With no --voc-root it tests on the embedded demo dataset's test split.
 ``DIR/classes.json`` (the model's list, written by the test run; else --classes or the
 annotations'), prints the AP table and writes ``DIR/metrics_eval.json`` (leaving the test run's
 ``metrics.json`` as it was), ``DIR/pr_curves.json`` and ``DIR/pr_curves.png`` (a class with no
-result file has AP 0).
+result file has AP 0).  ``--compare DIR2`` also prints DIR's mAP minus DIR2's (result files of
+the same split, e.g. two scorers or settings) with a paired bootstrap over the split's images:
+the difference, its 90% interval, the share of resamples where DIR is ahead, and the difference
+per class.
 Under torchrun (torchrun --nproc_per_node N tools/test_det.py ...) the images are split across the
 ranks and rank 0 writes every file and prints.
 """
@@ -38,6 +42,7 @@ from detector.core import distributed
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
 from detector.engine.test import PR_CURVES_PNG, test_detector
+from detector.evaluation.bootstrap import compare_result_dirs
 from detector.evaluation.voc_eval import EVAL_METRICS_FILE, PR_CURVES_FILE, evaluate_result_dir, format_ap_table
 from detector.model.detector import load_model, read_model_file
 from detector.visualization.plots import plot_pr_curves
@@ -50,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for result files and metrics.json")
     parser.add_argument("--eval-only", type=Path, metavar="DIR",
                         help="evaluate the devkit result files in DIR instead of running a model")
+    parser.add_argument("--compare", type=Path, metavar="DIR2",
+                        help="with --eval-only: DIR's mAP minus DIR2's, by paired bootstrap over the images")
+    parser.add_argument("--resamples", type=int, default=1000, metavar="N",
+                        help="resamples of the --compare bootstrap (default 1000)")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
                         help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
     parser.add_argument("--scorer", choices=("svm", "softmax"),
@@ -88,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--eval-only needs --voc-root and --split")
     elif args.model is None or args.out is None:
         parser.error("give --model MODEL --out DIR to test a model, or --eval-only DIR")
+    if args.compare is not None and args.eval_only is None:
+        parser.error("--compare needs --eval-only DIR (the results to compare with DIR2)")
+    if args.resamples < 1:
+        parser.error(f"--resamples must be at least 1, got {args.resamples}")
     return args
 
 
@@ -114,6 +127,14 @@ def main(argv: list[str] | None = None) -> None:
             plot_pr_curves(curves, args.eval_only / PR_CURVES_PNG, f"{args.split} ({metrics['num_images']} images)")
             print(format_ap_table(metrics))
             print(f"wrote {args.eval_only / PR_CURVES_PNG}")
+            if args.compare is not None:
+                classes, compared = compare_result_dirs(args.voc_root, args.split, args.eval_only, args.compare,
+                                                        args.classes, args.metric == "voc07", args.resamples)
+                print(f"{args.eval_only} minus {args.compare}, mAP points over {metrics['num_images']} images: "
+                      f"{compared.mAP}")
+                print("per class AP, with its 90% interval: " + ", ".join(
+                    f"{name} {difference.short()}" for name, difference in zip(classes, compared.classes)
+                    if difference.observed == difference.observed))
             return
         overrides = model_overrides(args)
         device = args.device

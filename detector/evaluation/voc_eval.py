@@ -428,6 +428,19 @@ def read_result_files(
     return detection_set
 
 
+def result_classes(result_dir: str | Path, split: str, classes: Sequence[str] | None) -> Sequence[str] | None:
+    """The class list of a result folder: ``classes`` if given, else its ``classes.json``'s, else
+    None (the dataset's); a ``classes.json`` of another split is a ValueError."""
+    recorded = read_classes_file(result_dir)
+    if recorded is not None and recorded.get("split") not in (None, split):
+        raise ValueError(f"{Path(result_dir) / CLASSES_FILE}: the results are of split {recorded['split']!r}, "
+                         f"not {split!r}")
+    if classes is None and recorded is not None:
+        classes = recorded["classes"]
+        logger.info("classes from %s: %s", Path(result_dir) / CLASSES_FILE, classes)
+    return classes
+
+
 def evaluate_result_dir(
     voc_root: str | Path,
     split: str,
@@ -441,14 +454,7 @@ def evaluate_result_dir(
     null) and ``result_dir/pr_curves.json`` (``pr_curves``), and return the metrics.  ``classes``
     defaults to the folder's ``classes.json`` (the list of the model that made the results), else
     the dataset's classes."""
-    recorded = read_classes_file(result_dir)
-    if classes is None and recorded is not None:
-        classes = recorded["classes"]
-        logger.info("classes from %s: %s", Path(result_dir) / CLASSES_FILE, classes)
-    if recorded is not None and recorded.get("split") not in (None, split):
-        raise ValueError(f"{Path(result_dir) / CLASSES_FILE}: the results are of split {recorded['split']!r}, "
-                         f"not {split!r}")
-    dataset = load_voc(voc_root, split, classes)
+    dataset = load_voc(voc_root, split, result_classes(result_dir, split, classes))
     detection_set = read_result_files(
         result_dir, split, dataset.classes, image_ids=[r.image_id for r in dataset.records]
     )

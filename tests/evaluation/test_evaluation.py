@@ -443,6 +443,23 @@ def test_test_det_eval_only_end_to_end(tmp_path):
     assert "n/a" in completed.stdout and "50.0" in completed.stdout
 
 
+def test_test_det_compares_two_result_folders(tmp_path, capsys):
+    root, results, other = tmp_path / "VOC", tmp_path / "results", tmp_path / "other"
+    make_tiny_voc(root)
+    results.mkdir()
+    other.mkdir()
+    result_file(results, "val", "cat").write_text("one 0.9 1 1 20 20\ntwo 0.8 5 5 30 30\n")  # cat AP 1
+    result_file(other, "val", "cat").write_text("one 0.9 1 1 20 20\ntwo 0.95 5 5 30 30\n")  # FP first: AP 0.5
+    load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(results),
+                      "--classes", "cat", "dog", "bird", "--compare", str(other), "--resamples", "20"])
+    out = capsys.readouterr().out
+    assert f"{results} minus {other}, mAP points over 2 images: +25.0 (" in out  # cat +50, dog 0: mean of two
+    assert "cat +50.0 [" in out and "dog +0.0 [" in out and "bird" not in out.split("per class")[-1]
+    with pytest.raises(SystemExit):
+        load_tool().parse_args(["--model", "m.pt", "--out", "o", "--compare", str(other)])
+    assert "--compare needs --eval-only" in capsys.readouterr().err
+
+
 def load_tool():
     """The module behind tools/test_det.py and the sppnet-test entry point."""
     from detector.cli import test_det

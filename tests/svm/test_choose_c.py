@@ -15,7 +15,7 @@ def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, 
     root = make_demo_dataset(tmp_path / "demo", n_train=15, n_test=1, seed=3)  # 7, 12, 13, 14 are held out
     choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
                        "--C", "0.01", "1", "--quiet", "--json", str(tmp_path / "c.json"), "--images", "9",
-                       "--set", "svm.passes=2",
+                       "--set", "svm.passes=2", "--bootstrap", "40",
                        "--test-variants", "test.box_voting=0", "test.score_threshold=-1.0,test.nms_iou=0.4"])
     out = capsys.readouterr().out
     assert "train-fit (9 images) -> train-holdout (4 images)" in out
@@ -27,6 +27,15 @@ def test_the_tool_measures_every_candidate_on_the_held_out_images(tiny_trained, 
                                                          for name in ("softmax", *svms))]
     assert all(r["mAP"] is not None and 0 <= r["mAP"] <= 1 for r in data["results"].values())
     assert data["mining"]["images_per_pass"] == [9, 9]
+    # each SVM candidate against the softmax under its own test settings, on the same 4 images
+    candidates = [*svms, *(f"{name} {item}" for item in variants for name in svms)]
+    assert list(data["minus_softmax"]) == candidates
+    results = data["results"]
+    for name, difference in data["minus_softmax"].items():
+        softmax = "softmax" + next((f" {item}" for item in variants if name.endswith(item)), "")
+        assert difference["observed"] == pytest.approx(100 * (results[name]["mAP"] - results[softmax]["mAP"]))
+        assert difference["resamples"] <= 40 and difference["low"] <= difference["mean"] <= difference["high"]
+    assert "SVMs minus the softmax under the same test settings" in out
 
 
 def test_the_tool_refuses_bad_variants_before_mining(tiny_trained, monkeypatch):
