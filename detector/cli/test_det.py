@@ -41,8 +41,8 @@ from detector.config import FEATURE_PATHS, config_from_dict
 from detector.core import distributed
 from detector.core.paths import cache_root
 from detector.core.runtime import keep_freed_memory
+from detector.engine.compare import compare_result_dirs
 from detector.engine.test import PR_CURVES_PNG, test_detector
-from detector.evaluation.bootstrap import compare_result_dirs
 from detector.evaluation.voc_eval import EVAL_METRICS_FILE, PR_CURVES_FILE, evaluate_result_dir, format_ap_table
 from detector.model.detector import load_model, read_model_file
 from detector.visualization.plots import plot_pr_curves

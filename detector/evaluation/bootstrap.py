@@ -19,14 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from detector.core.detections import Detections, ImageDetections
 from detector.core.records import ImageRecord
-from detector.data.voc import load_voc
-from detector.evaluation.voc_eval import match_image, read_result_files, result_classes, voc_ap
+from detector.evaluation.voc_eval import match_image, voc_ap
 
 
 @dataclass(frozen=True)
@@ -170,18 +168,3 @@ def per_image(detection_set: Mapping[str, Detections], records: Sequence[ImageRe
                             np.concatenate([p[1] for p in got]), np.concatenate([p[2] for p in got]))
             if got else ImageDetections(np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, np.int64))
             for got in parts]
-
-
-def compare_result_dirs(voc_root: str | Path, split: str, result_dir: str | Path, other_dir: str | Path,
-                        classes: Sequence[str] | None = None, use_07_metric: bool = True,
-                        resamples: int = 1000, seed: int = 0) -> tuple[list[str], PairedBootstrap]:
-    """``mAP(result_dir) - mAP(other_dir)`` and each class's AP difference over a split's images by
-    paired bootstrap; both folders hold devkit result files of the split (``classes``: as
-    ``evaluate_result_dir``, from ``result_dir``).  Returns the class names and the comparison."""
-    dataset = load_voc(voc_root, split, result_classes(result_dir, split, classes))
-    result_classes(other_dir, split, None)  # of the same split
-    ids = [record.image_id for record in dataset.records]
-    a, b = (rank_matches(dataset.records, per_image(read_result_files(d, split, dataset.classes, ids),
-                                                    dataset.records, dataset.classes), len(dataset.classes))
-            for d in (result_dir, other_dir))
-    return list(dataset.classes), paired_bootstrap(a, b, resamples, seed, use_07_metric)

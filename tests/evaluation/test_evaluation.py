@@ -31,6 +31,7 @@ from detector.evaluation.voc_eval import (
     read_result_files,
     result_file,
     voc_ap,
+    write_classes_file,
     write_pr_curves_json,
     write_result_files,
 )
@@ -458,6 +459,13 @@ def test_test_det_compares_two_result_folders(tmp_path, capsys):
     with pytest.raises(SystemExit):
         load_tool().parse_args(["--model", "m.pt", "--out", "o", "--compare", str(other)])
     assert "--compare needs --eval-only" in capsys.readouterr().err
+    write_classes_file(results, ["cat", "dog", "bird"], "val", root)
+    write_classes_file(other, ["cat", "dog"], "val", root)  # another model's class list: refused by name
+    with pytest.raises(SystemExit, match=f"{other} was made for classes"):
+        load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(results), "--compare", str(other)])
+    write_classes_file(other, ["cat", "dog", "bird"], "train", root)  # another split
+    with pytest.raises(SystemExit, match="split 'train', not 'val'"):
+        load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(results), "--compare", str(other)])
 
 
 def load_tool():
