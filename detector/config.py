@@ -198,7 +198,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone_options": {"feature_stride": 16, "dilated": True},  # the last block at stride 16
         "scales": (688,),  # one scale: five cost 6.8x the conv maps, past a 90-minute training here
         # dev_val: softmax 57.1 / 58.1 at 688 / its test scales, the SVMs (negatives below 0.2) 56.9 / 57.6
-        # (trained and tested at five scales the SVMs lead, 59.5 vs 58.9: README, "SVMs")
+        # (trained and tested at five scales the SVMs lead, 59.5 vs 58.9: README, "Toward the paper's accuracy")
         "test.scorer": "softmax",
         # a fresh window sample per 1000 iterations, twice the schedule: held-out mAP 47.2 vs 46.4
         "finetune.resample_every": 1000,
