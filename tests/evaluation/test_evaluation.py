@@ -462,10 +462,12 @@ def test_test_det_compares_two_result_folders(tmp_path, capsys):
     write_classes_file(results, ["cat", "dog", "bird"], "val", root)
     write_classes_file(other, ["cat", "dog"], "val", root)  # another model's class list: refused by name
     with pytest.raises(SystemExit, match=f"{other} was made for classes"):
-        load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(results), "--compare", str(other)])
+        load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(results),
+                          "--compare", str(other)])
     write_classes_file(other, ["cat", "dog", "bird"], "train", root)  # another split
     with pytest.raises(SystemExit, match="split 'train', not 'val'"):
-        load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(results), "--compare", str(other)])
+        load_tool().main(["--voc-root", str(root), "--split", "val", "--eval-only", str(results),
+                          "--compare", str(other)])
 
 
 def load_tool():
