@@ -14,6 +14,9 @@ class SVMConfig:
     # what the SVMs read: "fc7" (the fine-tuned fc7, the paper's detector) or "pool5" (the
     # pooled pyramid itself, no fc layer: the paper's pool5 ablation)
     features: str = "fc7"
+    # short-side scales the SVMs' (and box regressors') training windows are pooled at, each window
+    # at its best one as at test; empty: the model's training ``scales`` (the paper)
+    scales: tuple[int, ...] = ()
     C: float = 1e-3  # the paper's liblinear -c
     pos_weight: float = 2.0
     intercept_scaling: float = 10.0
@@ -56,6 +59,8 @@ class SVMConfig:
                 f"SVMConfig: passes, retrain_every and max_cache_per_class must be >= 1, got "
                 f"{self.passes}, {self.retrain_every}, {self.max_cache_per_class}"
             )
+        if any(scale < 1 for scale in self.scales):
+            raise ValueError(f"SVMConfig: scales must be positive, got {self.scales}")
         if self.features not in SVM_FEATURES:
             raise ValueError(f"SVMConfig: features must be one of {SVM_FEATURES}, got {self.features!r}")
         if self.cache_dtype not in CACHE_DTYPES:

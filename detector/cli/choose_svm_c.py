@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="refit every mining at these values of svm.C (default: 0.001 0.003 0.01 0.03; "
                              "none with --grid)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="svm.* settings of the mining, e.g. svm.C=0.01 svm.passes=2")
+                        help="svm.* settings of the mining, e.g. svm.C=0.01 svm.passes=2 svm.scales=480,576,864; "
+                             "test.scales=S1,S2,...: the scales the held-out windows are scored at")
     parser.add_argument("--images", type=int, help="mine on the first N images of SPLIT-fit only")
     parser.add_argument("--test-variants", nargs="+", default=[], metavar="test.KEY=VALUE[,...]",
                         help="also score every SVM candidate under these test settings")
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or not key.startswith("svm."):
-            parser.error(f"--set takes svm.KEY=VALUE, got {item!r}")
+        if not sep or not (key.startswith("svm.") or key == "test.scales"):
+            parser.error(f"--set takes svm.KEY=VALUE or test.scales=S1,S2,..., got {item!r}")
         overrides[key] = value
     variants = {}
     for item in args.test_variants:
@@ -83,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     grid = {"": {}}
     if args.grid:
         key, sep, values = args.grid.partition("=")
-        if not sep or not key.startswith("svm.") or key == "svm.features" or not values:
-            parser.error(f"--grid takes svm.KEY=V1,V2,... (not svm.features: the features are shared), got {args.grid!r}")
+        if not sep or not key.startswith("svm.") or key in ("svm.features", "svm.scales") or not values:
+            parser.error(f"--grid takes svm.KEY=V1,V2,... (not svm.features or svm.scales: the features are "
+                         f"shared), got {args.grid!r}")
         grid = {f"{key}={value}": {**overrides, key: value} for value in values.split(",")}
     setup_logging()
     import dataclasses

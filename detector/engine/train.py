@@ -82,17 +82,23 @@ def training_windows(dataset: VOCDataset, config: Config, progress: bool = True)
 
 
 def image_features(model: DetectorModel, record: ImageRecord, boxes: np.ndarray, stage: str,
-                   flip: bool = False) -> WindowFeatures | None:
+                   flip: bool = False, scales: Sequence[int] | None = None) -> WindowFeatures | None:
     """Features of one image's windows (of its mirror image with ``flip``, the boxes in its
-    coordinates), or None (logged, naming the file) when this image fails; an ``OSError`` (an
-    unwritable cache) stops the run, its message naming the path."""
+    coordinates; each at its best scale among ``scales``, None: the training scales), or None
+    (logged, naming the file) when this image fails; an ``OSError`` (an unwritable cache) stops
+    the run, its message naming the path."""
     try:
-        return window_features(model, record, boxes, StageTimer(), flip=flip)
+        return window_features(model, record, boxes, StageTimer(), flip=flip, scales=scales)
     except OSError:
         raise
     except Exception as error:  # this image only (decode, trunk or pooling failure)
         log.error("%s: skipping image %s (%s): %s", stage, record.image_id, record.path, error)
         return None
+
+
+def svm_scales(config: Config) -> tuple[int, ...]:
+    """The scales the SVM stage pools its windows at: ``svm.scales``, or the training ``scales``."""
+    return tuple(config.svm.scales) or tuple(config.scales)
 
 
 def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: np.random.Generator,
@@ -106,7 +112,8 @@ def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: 
 
     def sample_features(item: tuple[ImageWindows, np.ndarray]) -> np.ndarray | None:
         windows, rows = item
-        features = image_features(model, windows.record, windows.boxes[rows], "SVM feature scale")
+        features = image_features(model, windows.record, windows.boxes[rows], "SVM feature scale",
+                                  scales=svm_scales(model.config))
         return None if features is None else features.window_svm_input(model.config.svm.features).float().numpy()
 
     sample = [rows for _, rows in distributed.ordered_stream(plan, sample_features) if rows is not None]
@@ -166,7 +173,7 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     def one_image(windows: ImageWindows, feed_regression: bool) -> tuple[ImageFeatures, tuple | None] | None:
         """One image's SVM features (and its regression pairs with their pooled features), or None."""
         record = windows.record
-        features = image_features(model, record, windows.boxes, "SVMs")
+        features = image_features(model, record, windows.boxes, "SVMs", scales=svm_scales(config))
         if features is None:
             return None
         pairs = None
@@ -206,7 +213,7 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
         labels = windows.gt_labels[rows]
         boxes = np.concatenate([record.boxes, windows.boxes[rows]]).astype(np.float32)
         boxes = flip_boxes(boxes, record.width) if flip else boxes
-        features = image_features(model, record, boxes, "SVM positives", flip=flip)
+        features = image_features(model, record, boxes, "SVM positives", flip=flip, scales=svm_scales(config))
         if features is None:
             return None
         return ImageFeatures(record.image_id + ("_flip" if flip else ""),
@@ -288,6 +295,13 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
         log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
                  map_stats["bytes_per_image"], len(config.scales), len(flips))
         failed = set(map_stats.get("failed_ids", ()))
+        svm_only = tuple(s for s in svm_scales(config) if s not in config.scales)
+        if svm_only and stop_after != "finetune":  # svm.scales: maps the SVM stage alone reads
+            check_scales(backbone, svm_only)
+            svm_flips = (False, True) if config.svm.flip_positives else (False,)
+            extra = provider.precompute([w.record for w in train], svm_only, svm_flips, progress,
+                                        desc="conv maps (SVMs)")
+            failed |= set(extra.get("failed_ids", ()))
         skipped["conv_maps"] = len(failed)
         train = [w for w in train if w.record.image_id not in failed]
         if not train:

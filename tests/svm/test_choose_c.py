@@ -86,10 +86,26 @@ def test_a_grid_mines_every_value_from_one_feature_pass(tiny_trained, tmp_path, 
 def test_the_grid_refuses_what_it_cannot_share(tiny_trained, monkeypatch):
     root, run, cache = tiny_trained
     monkeypatch.setenv("SPPNET_CACHE", str(cache))
-    for grid in ("svm.features=fc7,pool5", "test.nms_iou=0.3,0.4", "svm.neg_iou"):
+    for grid in ("svm.features=fc7,pool5", "svm.scales=224,288", "test.nms_iou=0.3,0.4", "svm.neg_iou"):
         with pytest.raises(SystemExit):
             choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
                                "--grid", grid, "--quiet"])
     with pytest.raises(SystemExit, match="neg_iou"):  # a bad value is named before any mining
         choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
                            "--grid", "svm.neg_iou=0.3,7", "--quiet"])
+
+
+def test_test_scales_set_the_scales_of_the_held_out_windows(tiny_trained, tmp_path, monkeypatch):
+    _, run, _ = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
+    root = make_demo_dataset(tmp_path / "demo", n_train=15, n_test=1, seed=3)
+    from detector.inference import detect
+    real, seen = detect.window_features, []
+    monkeypatch.setattr(detect, "window_features",
+                        lambda *a, scales=None, **kw: seen.append(tuple(scales)) or real(*a, scales=scales, **kw))
+    choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"), "--quiet",
+                       "--images", "2", "--C", "0.1", "--bootstrap", "0", "--set", "test.scales=288"])
+    assert seen == [(288,)] * 4  # the 4 held-out images, each scored once at the scales set
+    with pytest.raises(SystemExit):
+        choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"),
+                           "--set", "test.nms_iou=0.4", "--quiet"])

@@ -115,3 +115,35 @@ def test_flip_positives_doubles_every_class_positives(tiny_trained, monkeypatch)
                 for k in range(len(model.classes))]
     assert counts[True] == [2 * n for n in counts[False]] == expected and sum(expected) > 0
 
+
+
+def test_svm_scales_pool_the_svm_windows_at_those_scales(tiny_trained, monkeypatch):
+    root, run, cache = tiny_trained
+    monkeypatch.setenv("SPPNET_CACHE", str(cache))
+    model = load_model(run / "model.pt")
+    windows = training_windows(load_voc(root, "train"), model.config, progress=False)[:2]
+    other = (288,)  # the tiny model trains at 224
+    assert model.config.scales != other
+    svm_model = model.with_config(model.config.replace(**{"svm.scales": other}), cache / "maps-svm-scales")
+    _, _, _, miner = mine_classifiers(svm_model, windows, progress=False)
+    stored = np.concatenate([np.concatenate(parts) for parts in miner.positives if parts]).astype(np.float64)
+
+    def gt_fc7(scales):
+        rows = []
+        for w in windows:
+            features = window_features(svm_model, w.record, w.record.boxes, StageTimer(), scales=scales)
+            rows.append(features.window_fc7().numpy()[~w.record.difficult])
+        by_class = np.concatenate([w.record.labels[~w.record.difficult] for w in windows])
+        return np.concatenate(rows)[np.argsort(by_class, kind="stable")].astype(np.float64)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    assert len(stored) > 0
+    np.testing.assert_allclose(unit(stored), unit(gt_fc7(other)), atol=2e-3)  # float16 cache
+    assert np.abs(unit(stored) - unit(gt_fc7(model.config.scales))).max() > 1e-2
+
+
+def test_svm_scales_are_checked():
+    with pytest.raises(ValueError, match="scales"):
+        SVMConfig(scales=(0,))
