@@ -7,13 +7,14 @@ from detector.config import LEGACY_KEYS, PAPER_SCALES, Config, config_from_dict,
 
 def test_defaults_follow_the_paper_scales_and_cpu_preset():
     config = make_config()
-    assert config.scales == (688,) and config.test.scorer == "softmax"
+    assert config.scales == (688,) and config.test.scorer == "svm"  # every preset scores with the SVMs
     assert config.backbone == "efficientnet_lite2" and config.backbone_options == {"feature_stride": 16, "dilated": True}
     assert Config().scales == PAPER_SCALES == (480, 576, 688, 864, 1200)  # the base of every preset
     assert Config().backbone == "efficientnet_lite0" and Config().test.scorer == "svm"
     # another trunk drops the preset's trunk options
     assert make_config("cpu", {"backbone": "efficientnet_lite0"}).backbone_options == {}
-    assert make_config("demo").backbone == "efficientnet_lite0" and make_config("paper").test.scorer == "svm"
+    assert make_config("demo").backbone == "efficientnet_lite0"
+    assert make_config("paper").test.scorer == make_config("demo").test.scorer == "svm"
     assert config.preset == "cpu" and config.fc_width == 1024 and config.finetune.batch_size == 128
     assert config.sampling.fg_fraction == 0.25 and config.test.nms_iou == 0.3 and config.test.max_per_image == 100
     assert config.svm.C == 1e-3 and config.svm.pos_weight == 2.0 and config.bbox.alpha == 1000.0
@@ -80,23 +81,33 @@ def test_flat_config_of_old_model_files_is_upgraded():
 
 
 def test_the_cpu_presets_test_scales_go_with_its_training_scales(tmp_path):
-    assert make_config().test.scales == (480, 576, 864) and make_config().scales == (688,)
-    assert make_config("demo").test.scales == () and make_config("paper").test.scales == ()
-    # other training scales (typed, or from a file) test at themselves unless test.scales is given too
+    cpu = make_config()
+    assert cpu.test.scales == cpu.svm.scales == (480, 576, 864) and cpu.scales == (688,)
+    assert cpu.test.scorer == "svm"
+    for other in ("demo", "paper"):
+        assert make_config(other).test.scales == make_config(other).svm.scales == ()
+    # other training scales (typed, or from a file) test and train the SVMs at themselves unless
+    # test.scales / svm.scales are given too
     five = make_config("cpu", {"scales": "480 576 688 864 1200"})
-    assert five.scales == PAPER_SCALES and five.test.scales == ()
+    assert five.scales == PAPER_SCALES and five.test.scales == five.svm.scales == ()
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"scales": [576]}))
-    assert make_config("cpu", None, path).test.scales == ()
-    assert make_config("cpu", {"scales": "688"}).test.scales == (480, 576, 864)  # the preset's own scales
-    both = make_config("cpu", {"scales": "576", "test.scales": "480 864"})
-    assert both.scales == (576,) and both.test.scales == (480, 864)
+    assert make_config("cpu", None, path).test.scales == make_config("cpu", None, path).svm.scales == ()
+    same = make_config("cpu", {"scales": "688"})  # the preset's own scales
+    assert same.test.scales == same.svm.scales == (480, 576, 864)
+    both = make_config("cpu", {"scales": "576", "test.scales": "480 864", "svm.scales": "480"})
+    assert both.scales == (576,) and both.test.scales == (480, 864) and both.svm.scales == (480,)
     # a copy with other training scales keeps the test scales it had (they are part of its values)
     assert make_config().replace(scales=(576,)).test.scales == (480, 576, 864)
     assert config_from_dict(make_config().to_dict()) == make_config()
+    # a config written before svm.scales existed trained its SVMs at its training scales
+    older = {k: v for k, v in make_config().flat().items() if k != "svm.scales"}
+    assert config_from_dict(older).svm.scales == ()
     for bad in ("0 480", "3000"):
         with pytest.raises(ValueError, match="test.scales"):
             make_config("cpu", {"test.scales": bad})
+        with pytest.raises(ValueError, match="scales"):
+            make_config("cpu", {"svm.scales": bad})
 
 
 def test_model_files_from_before_test_scales_test_at_their_training_scales():

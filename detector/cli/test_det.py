@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
     parser.add_argument("--scorer", choices=("svm", "softmax"),
                         help="score windows with the SVMs (the paper's) or the fc8 softmax "
-                             "(default: the model's; the cpu preset: softmax)")
+                             "(default: the model's; every preset: svm)")
     parser.add_argument("--no-bbox-regression", dest="bbox_regression", action="store_false", default=None,
                         help="keep the windows where they are (the model's box regressors unused)")
     parser.add_argument("--scales", type=int, nargs="+", metavar="S",
