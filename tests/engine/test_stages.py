@@ -91,6 +91,29 @@ def test_changed_settings_never_pair_stages_made_by_other_settings(tiny_demo, fi
     assert "classifiers.pt was made with other settings" in (out / "train.log").read_text().splitlines()[-1]
 
 
+def test_svm_scales_retrain_the_svms_on_maps_computed_before_their_stage(tiny_demo, first_run, tmp_path,
+                                                                        monkeypatch, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(first_run, out)
+    dataset = load_voc(tiny_demo, "train")
+    from detector.features.convmaps import ConvMapProvider
+    real, calls = ConvMapProvider.precompute, []
+
+    def spy(self, records, scales, flips=(False,), progress=True, desc="conv maps"):
+        records = list(records)
+        calls.append((tuple(scales), tuple(flips), len(records)))
+        return real(self, records, scales, flips, progress, desc)
+
+    monkeypatch.setattr(ConvMapProvider, "precompute", spy)
+    caplog.set_level(logging.INFO)
+    config = make_config("cpu", {**TINY, "svm.scales": (288,)})
+    train_detector(dataset, config, out, progress=False)
+    assert "finetune.pt is complete" in caplog.text and "svm.scales: [] -> [288]" in caplog.text
+    assert calls == [((224,), (False, True), 6), ((288,), (False,), 6)]  # fine-tuning's maps, then the SVMs'
+    _, classifiers = assert_consistent(out, config)
+    assert classifiers["stage"]["settings"]["svm.scales"] == [288]
+
+
 def flip_byte(path, fraction):
     """Invert the byte at ``fraction`` of the file's length."""
     data = bytearray(path.read_bytes())
