@@ -106,14 +106,13 @@ def svm_feature_scale(model: DetectorModel, train: Sequence[ImageWindows], rng: 
     """Scale that gives the SVMs' features (fc7 or pool5) a mean L2 norm of 20, from a sample of
     training windows (under ``torchrun`` the sampled images are split across ranks and every rank
     gets them all)."""
-    plan = []
+    plan, scales = [], svm_scales(model.config)
     for i in rng.choice(len(train), min(num_images, len(train)), replace=False):
         plan.append((train[i], rng.choice(len(train[i].boxes), min(per_image, len(train[i].boxes)), replace=False)))
 
     def sample_features(item: tuple[ImageWindows, np.ndarray]) -> np.ndarray | None:
         windows, rows = item
-        features = image_features(model, windows.record, windows.boxes[rows], "SVM feature scale",
-                                  scales=svm_scales(model.config))
+        features = image_features(model, windows.record, windows.boxes[rows], "SVM feature scale", scales=scales)
         return None if features is None else features.window_svm_input(model.config.svm.features).float().numpy()
 
     sample = [rows for _, rows in distributed.ordered_stream(plan, sample_features) if rows is not None]
@@ -165,6 +164,7 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     the same features: ``choose_svm_c.py --grid``; the box regressors are fed by the recording call
     only, and every pass reads the features rounded to float16)."""
     config = model.config
+    scales = svm_scales(config)
     rng = np.random.default_rng(config.seed)
     scale = svm_feature_scale(model, train, rng)
     regression = BoxRegressorTrainer(config.bbox, model.classes)
@@ -173,7 +173,7 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     def one_image(windows: ImageWindows, feed_regression: bool) -> tuple[ImageFeatures, tuple | None] | None:
         """One image's SVM features (and its regression pairs with their pooled features), or None."""
         record = windows.record
-        features = image_features(model, record, windows.boxes, "SVMs", scales=svm_scales(config))
+        features = image_features(model, record, windows.boxes, "SVMs", scales=scales)
         if features is None:
             return None
         pairs = None
@@ -213,7 +213,7 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
         labels = windows.gt_labels[rows]
         boxes = np.concatenate([record.boxes, windows.boxes[rows]]).astype(np.float32)
         boxes = flip_boxes(boxes, record.width) if flip else boxes
-        features = image_features(model, record, boxes, "SVM positives", flip=flip, scales=svm_scales(config))
+        features = image_features(model, record, boxes, "SVM positives", flip=flip, scales=scales)
         if features is None:
             return None
         return ImageFeatures(record.image_id + ("_flip" if flip else ""),
