@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+TARGET_NORM = 20.0  # the mean L2 norm of the SVMs' (scaled) features
 
-def estimate_feature_scale(sample: np.ndarray, target_norm: float = 20.0) -> float:
+
+def estimate_feature_scale(sample: np.ndarray, target_norm: float = TARGET_NORM) -> float:
     """Factor that makes the mean L2 norm of the rows of ``sample`` (N x D) ``target_norm``."""
     sample = np.asarray(sample)
     if sample.ndim != 2 or len(sample) == 0:
