@@ -76,16 +76,20 @@ def test_a_real_sigterm_during_fine_tuning_ends_the_tool_non_zero(tiny_demo, tmp
     out = tmp_path / "run"
     arguments = tiny_set()
     arguments[arguments.index("finetune.iterations=20")] = "finetune.iterations=1000000"
-    process = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train_det.py"), "--voc-root", str(tiny_demo),
-                                "--out", str(out), *arguments], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # the tool's output goes to a file, not a pipe: an unread pipe that filled (64 KiB of progress
+    # bars) would block the tool in a write while this loop waits
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train_det.py"), "--voc-root",
+                                    str(tiny_demo), "--out", str(out), *arguments], stdout=subprocess.DEVNULL,
+                                   stderr=stderr, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if (out / "history.jsonl").exists() and '"finetune"' in (out / "history.jsonl").read_text():
             break
         time.sleep(0.5)
-    assert process.poll() is None, process.communicate()
+    assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    process.wait(timeout=60)
+    err = (tmp_path / "stderr.txt").read_text()
     assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "train_det.py: interrupted by SIGTERM during fine-tuning; rerun the same command to resume" in err
