@@ -37,13 +37,20 @@ def window_cells(geometry: TrunkGeometry, maps: Sequence[ConvMap | None], boxes:
 
 def pool_cells(spp: SpatialPyramidPooling, maps: Sequence[ConvMap | None],
                keyed_cells: np.ndarray) -> torch.Tensor:
-    """Pyramid-pool each ``(scale index, x1c, y1c, x2c, y2c)`` row: N x (C * bins), float32."""
+    """Pyramid-pool each ``(scale index, x1c, y1c, x2c, y2c)`` row: N x (C * bins), float32.
+
+    The rows of one scale are pooled straight into their place when they are consecutive, as
+    ``distinct_windows`` orders them (scale first), else gathered and scattered."""
     channels = next(m for m in maps if m is not None).features.shape[0]
     out = torch.empty((len(keyed_cells), spp.output_size(channels)), dtype=torch.float32)
     for k in np.unique(keyed_cells[:, 0]):
         rows = np.flatnonzero(keyed_cells[:, 0] == k)
         feature_map = torch.from_numpy(maps[k].features)
-        out[torch.from_numpy(rows)] = spp.pool_windows(feature_map, torch.from_numpy(keyed_cells[rows, 1:]))
+        cells = torch.from_numpy(keyed_cells[rows, 1:])
+        if rows[-1] - rows[0] + 1 == len(rows):
+            spp.pool_windows(feature_map, cells, out=out[rows[0]:rows[-1] + 1])
+        else:
+            out[torch.from_numpy(rows)] = spp.pool_windows(feature_map, cells)
     return out
 
 

@@ -174,17 +174,25 @@ class SpatialPyramidPooling(nn.Module):
         return torch.cat([F.adaptive_max_pool2d(x, n).flatten(1) for n in self.levels], dim=1)
 
     @torch.no_grad()
-    def pool_windows(self, feature_map: torch.Tensor, cells: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def pool_windows(self, feature_map: torch.Tensor, cells: torch.Tensor | np.ndarray,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         """Pool K windows of one map: C x H x W (or 1 x C x H x W) map, K x 4 cells -> K x (C * bins).
 
         ``cells`` are 0-based inclusive ``(x1c, y1c, x2c, y2c)`` map cells, as returned by
         ``detector.features.geometry.project_boxes``.  Result equals ``forward`` on each window's crop.
+        ``out``: a contiguous K x (C * bins) tensor of the result's dtype to write into (e.g. a slice
+        of the rows of several maps), returned.
         """
         fmap = self._as_map(feature_map)
         cells = self._as_cells(cells, fmap.shape[1], fmap.shape[2])
         channels, height, width = fmap.shape
         count = len(cells)
-        out = torch.empty((count, channels * self.bins), dtype=_result_dtype(fmap.dtype))
+        shape, dtype = (count, channels * self.bins), _result_dtype(fmap.dtype)
+        if out is None:
+            out = torch.empty(shape, dtype=dtype)
+        elif tuple(out.shape) != shape or out.dtype != dtype or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous {shape} {dtype} tensor, got {tuple(out.shape)} "
+                             f"{out.dtype}{'' if out.is_contiguous() else ' (not contiguous)'}")
         if count == 0:
             return out
         queried = [n for n in self.levels if self._source[n] is None]

@@ -82,7 +82,7 @@ class SPPHead(nn.Module):
 
     def features(self, pooled: torch.Tensor) -> torch.Tensor:
         """fc7 activations (after ReLU), the SVMs' input."""
-        x = (pooled.float() - self.feature_mean) / self.feature_std
+        x = (pooled.float() - self.feature_mean).div_(self.feature_std)  # one temporary, not two
         x = self.dropout(torch.relu(self.fc6(x)))
         return self.dropout(torch.relu(self.fc7(x)))
 

@@ -38,7 +38,20 @@ def test_distinct_windows_pool_to_the_per_window_loop_on_random_maps():
         expected = naive_pool_windows(torch.from_numpy(conv_map.features).double(), keyed[rows, 1:],
                                       spp.levels)
         assert torch.equal(grouped[rows].double(), expected)
-    assert torch.equal(grouped, pool_windows(spp, geometry, maps, boxes, scale_index))
+    assert torch.equal(grouped, pool_windows(spp, geometry, maps, boxes, scale_index))  # rows of a scale apart
+
+
+def test_pool_windows_writes_into_out_or_refuses_it():
+    rng = np.random.default_rng(2)
+    spp = SpatialPyramidPooling((2, 1))
+    feature_map = torch.from_numpy(rng.standard_normal((3, 6, 8)).astype(np.float16))
+    cells = torch.tensor([[0, 0, 7, 5], [2, 1, 3, 4]])
+    out = torch.full((4, 15), -7.0)
+    assert spp.pool_windows(feature_map, cells, out=out[1:3]).data_ptr() == out[1:3].data_ptr()
+    assert torch.equal(out[1:3], spp.pool_windows(feature_map, cells)) and torch.all(out[[0, 3]] == -7.0)
+    for bad in (torch.empty(3, 15), torch.empty(2, 15, dtype=torch.float64), torch.empty(15, 2).t()):
+        with pytest.raises(ValueError, match="out must be a contiguous"):
+            spp.pool_windows(feature_map, cells, out=bad)
 
 
 def test_pool_cells_accepts_maps_missing_for_unused_scales():
