@@ -3,7 +3,7 @@
     python tools/test_det.py [--voc-root ROOT --split SPLIT] --model DIR/model.pt --out DIR2
                              [--images N] [--feature-path spp|rcnn] [--scorer svm|softmax]
     python tools/test_det.py --voc-root ROOT --split SPLIT --eval-only DIR [--metric voc07|voc10]
-                             [--compare DIR2 [--resamples 1000]]
+                             [--compare DIR2 [--resamples 1000] [--class-margin 5]]
 
 With ``--model`` it writes DIR2/comp4_det_<split>_<class>.txt, DIR2/detections_coco.json,
 DIR2/metrics.json and the precision-recall curves DIR2/pr_curves.json and DIR2/pr_curves.png, and
@@ -17,7 +17,10 @@ annotations'), prints the AP table and writes ``DIR/metrics_eval.json`` (leaving
 result file has AP 0).  ``--compare DIR2`` also prints DIR's mAP minus DIR2's (result files of
 the same split, e.g. two scorers or settings) with a paired bootstrap over the split's images:
 the difference, its 90% interval, the share of resamples where DIR is ahead, and the difference
-per class.
+per class; then how far behind the image sample alone puts the worst class when every class is
+level (the centred bootstrap): the share of resamples with some class more than ``--class-margin``
+AP points behind, and the bound 95% of resamples keep every class above.  A class behind by less
+than that bound is within what these images resolve.
 Under torchrun (torchrun --nproc_per_node N tools/test_det.py ...) the images are split across the
 ranks and rank 0 writes every file and prints.
 """
@@ -59,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --eval-only: DIR's mAP minus DIR2's, by paired bootstrap over the images")
     parser.add_argument("--resamples", type=int, default=1000, metavar="N",
                         help="resamples of the --compare bootstrap (default 1000)")
+    parser.add_argument("--class-margin", type=float, default=5.0, metavar="POINTS",
+                        help="with --compare: how often the images alone put some class this many AP "
+                             "points behind, every class being level (default 5)")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
                         help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
     parser.add_argument("--scorer", choices=("svm", "softmax"),
@@ -101,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--compare needs --eval-only DIR (the results to compare with DIR2)")
     if args.resamples < 1:
         parser.error(f"--resamples must be at least 1, got {args.resamples}")
+    if not args.class_margin >= 0:
+        parser.error(f"--class-margin must be a number of AP points, at least 0, got {args.class_margin}")
     return args
 
 
@@ -135,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
                 print("per class AP, with its 90% interval: " + ", ".join(
                     f"{name} {difference.short()}" for name, difference in zip(classes, compared.classes)
                     if difference.observed == difference.observed))
+                print(f"by the images alone, every class level: some class more than {args.class_margin:g} AP "
+                      f"behind in {100 * compared.chance_some_class_below(args.class_margin):.0f}% of "
+                      f"resamples; 95% keep every class above {compared.chance_worst_bound():+.1f}")
             return
         overrides = model_overrides(args)
         device = args.device

@@ -113,10 +113,33 @@ class Difference:
 
 @dataclass(frozen=True)
 class PairedBootstrap:
-    """``mAP(a) - mAP(b)`` and, per class, ``AP(a) - AP(b)``, from the same resamples."""
+    """``mAP(a) - mAP(b)`` and, per class, ``AP(a) - AP(b)``, from the same resamples;
+    ``chance_worst[r]``: on resample r, the lowest over classes of a class's difference minus its
+    difference on the images as given (points; NaN: no class defined), the worst class gap that
+    the image sample alone makes when every class is level (the centred bootstrap)."""
 
     mAP: Difference
     classes: list[Difference]
+    chance_worst: tuple[float, ...] = ()
+
+    def chance_some_class_below(self, margin: float) -> float:
+        """Share of resamples in which the images alone put some class more than ``margin`` AP
+        points behind, every class being level (NaN: no resample defined)."""
+        worst = np.asarray(self.chance_worst, dtype=np.float64)
+        worst = worst[~np.isnan(worst)]
+        return float((worst < -margin).mean()) if len(worst) else math.nan
+
+    def chance_worst_bound(self) -> float:
+        """The 5th percentile of ``chance_worst``: 95% of resamples keep every class above it."""
+        worst = np.asarray(self.chance_worst, dtype=np.float64)
+        worst = worst[~np.isnan(worst)]
+        return float(np.percentile(worst, 5)) if len(worst) else math.nan
+
+
+def bootstrap_draws(num_images: int, resamples: int, seed: int = 0) -> list[np.ndarray]:
+    """The images each resample draws, with replacement: ``resamples`` arrays (num_images,) of indices."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, num_images, num_images) for _ in range(resamples)]
 
 
 def paired_bootstrap(a: RankedMatches, b: RankedMatches, resamples: int = 1000, seed: int = 0,
@@ -137,13 +160,16 @@ def paired_bootstrap(a: RankedMatches, b: RankedMatches, resamples: int = 1000, 
         return 100 * (np.nanmean(aps_a) - np.nanmean(aps_b)), 100 * (aps_a - aps_b)
 
     observed, observed_classes = differences(np.ones(num_images))
-    rng = np.random.default_rng(seed)
     maps, classes = np.empty(resamples), np.empty((resamples, len(a.image)))
-    for r in range(resamples):
-        weights = np.bincount(rng.integers(0, num_images, num_images), minlength=num_images).astype(np.float64)
-        maps[r], classes[r] = differences(weights)
+    for r, draw in enumerate(bootstrap_draws(num_images, resamples, seed)):
+        maps[r], classes[r] = differences(np.bincount(draw, minlength=num_images).astype(np.float64))
+    centred = classes - observed_classes  # NaN where a class is undefined on the images or the resample
+    defined = ~np.isnan(centred).all(axis=1)
+    worst = np.full(resamples, math.nan)
+    worst[defined] = np.nanmin(centred[defined], axis=1)
     return PairedBootstrap(Difference.of(observed, maps),
-                           [Difference.of(observed_classes[k], classes[:, k]) for k in range(len(a.image))])
+                           [Difference.of(observed_classes[k], classes[:, k]) for k in range(len(a.image))],
+                           tuple(worst.tolist()))
 
 
 def per_image(detection_set: Mapping[str, Detections], records: Sequence[ImageRecord],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from detector.core.detections import ImageDetections
 from detector.core.records import ImageRecord
-from detector.evaluation.bootstrap import paired_bootstrap, per_image, rank_matches
+from detector.evaluation.bootstrap import bootstrap_draws, paired_bootstrap, per_image, rank_matches
 from detector.evaluation.evaluator import VOCEvaluator
 
 NUM_CLASSES = 4
@@ -89,6 +90,31 @@ def test_paired_bootstrap_sees_no_difference_between_equals_and_a_clear_one():
     assert worse.mAP.observed == pytest.approx(np.mean([d.observed for d in worse.classes]))
     again = paired_bootstrap(ranked_good, rank_matches(records, shuffled, NUM_CLASSES), resamples=200)
     assert again == worse  # seeded
+
+
+def test_worst_class_by_chance_against_the_evaluator_on_resampled_copies():
+    rng = np.random.default_rng(11)
+    records, good = random_images(rng, 30, noise=2.0)
+    noisy = [dataclasses.replace(d, scores=d.scores + rng.normal(0, 0.3, len(d.scores))) for d in good]
+    compared = paired_bootstrap(rank_matches(records, good, NUM_CLASSES), rank_matches(records, noisy, NUM_CLASSES),
+                                resamples=12, seed=4)
+    everything = np.arange(len(records))
+
+    def gaps(draw):  # AP(good) - AP(noisy) per class in points through the evaluator; NaN: no positives
+        a, b = evaluated(records, good, draw)["ap"], evaluated(records, noisy, draw)["ap"]
+        return np.array([math.nan if a[f"c{k}"] is None else 100 * (a[f"c{k}"] - b[f"c{k}"])
+                         for k in range(NUM_CLASSES)])
+
+    observed = gaps(everything)
+    expected = [np.nanmin(gaps(draw) - observed) for draw in bootstrap_draws(len(records), 12, seed=4)]
+    assert compared.chance_worst == pytest.approx(expected, abs=1e-9)
+    assert min(expected) < 0  # the noisy scorer's classes do move between resamples
+    for margin in (0.0, 1.0, 5.0, 1000.0):
+        assert compared.chance_some_class_below(margin) == pytest.approx(np.mean(np.array(expected) < -margin))
+    assert compared.chance_worst_bound() == pytest.approx(np.percentile(expected, 5))
+    same = paired_bootstrap(rank_matches(records, good, NUM_CLASSES), rank_matches(records, good, NUM_CLASSES),
+                            resamples=12)
+    assert same.chance_worst == (0.0,) * 12 and same.chance_some_class_below(0.0) == 0.0
 
 
 def test_result_folders_compare_as_the_detections_they_hold(tmp_path):

@@ -456,6 +456,7 @@ def test_test_det_compares_two_result_folders(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{results} minus {other}, mAP points over 2 images: +25.0 (" in out  # cat +50, dog 0: mean of two
     assert "cat +50.0 [" in out and "dog +0.0 [" in out and "bird" not in out.split("per class")[-1]
+    assert "by the images alone, every class level: some class more than 5 AP behind in " in out
     with pytest.raises(SystemExit):
         load_tool().parse_args(["--model", "m.pt", "--out", "o", "--compare", str(other)])
     assert "--compare needs --eval-only" in capsys.readouterr().err
