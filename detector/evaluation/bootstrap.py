@@ -122,17 +122,20 @@ class PairedBootstrap:
     classes: list[Difference]
     chance_worst: tuple[float, ...] = ()
 
+    def _defined_worst(self) -> np.ndarray:
+        """``chance_worst`` without its undefined resamples (M,)."""
+        worst = np.asarray(self.chance_worst, dtype=np.float64)
+        return worst[~np.isnan(worst)]
+
     def chance_some_class_below(self, margin: float) -> float:
         """Share of resamples in which the images alone put some class more than ``margin`` AP
         points behind, every class being level (NaN: no resample defined)."""
-        worst = np.asarray(self.chance_worst, dtype=np.float64)
-        worst = worst[~np.isnan(worst)]
+        worst = self._defined_worst()
         return float((worst < -margin).mean()) if len(worst) else math.nan
 
     def chance_worst_bound(self) -> float:
         """The 5th percentile of ``chance_worst``: 95% of resamples keep every class above it."""
-        worst = np.asarray(self.chance_worst, dtype=np.float64)
-        worst = worst[~np.isnan(worst)]
+        worst = self._defined_worst()
         return float(np.percentile(worst, 5)) if len(worst) else math.nan
 
 
