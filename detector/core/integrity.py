@@ -14,9 +14,10 @@ Loading never runs code from the file: ``read_state`` unpickles with ``torch.loa
 weights_only=True)``, which builds only tensors, containers and plain values and refuses any other
 global *before* calling it (a ``__reduce__`` payload is never executed).  Files of this version
 hold nothing else.  Files of earlier versions also hold numpy arrays and scalars: the numpy
-constructors in ``NUMPY_GLOBALS`` (which build an array or scalar from a dtype and raw bytes, and
+constructors in ``numpy_globals`` (which build an array or scalar from a dtype and raw bytes, and
 nothing else) are allowed for them.  A file holding any other global is refused, naming the
-global and ``tools/convert_model.py``, which a user runs knowingly on a file they trust.
+global and ``tools/convert_model.py``, which converts a file of numpy data without asking and
+any other global only when its user names it (``convert_file``).
 
 Cost: hashing is memory speed (about 1 GB/s); the default trunk and head (~20 MB) take ~20 ms.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 CHECKSUM_KEY = "checksum"
 CONVERT = "tools/convert_model.py"  # the one tool that reads an untrusted-format file, on request
@@ -108,11 +109,18 @@ def numpy_globals() -> list:
     return found
 
 
+def refused_global(error: Exception) -> str | None:
+    """The global or type a weights-only unpickling refused, from its error; None for another error."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(error))
+    return None if found is None else found.group(1) or found.group(2)
+
+
 def read_state(path: Path) -> Any:
     """``torch.load`` of ``path`` that never runs code (module docstring); a file that needs any
     other global raises ``UnsafeStateError`` naming it."""
     import pickle
-    import re
 
     import torch
 
@@ -120,10 +128,10 @@ def read_state(path: Path) -> Any:
         with torch.serialization.safe_globals(numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(error))
-        if found is None:  # not a refused global or type: a corrupt pickle, for the caller to name
+        name = refused_global(error)
+        if name is None:  # not a refused global or type: a corrupt pickle, for the caller to name
             raise
-        raise UnsafeStateError(f"the global {found.group(1) or found.group(2)}") from None
+        raise UnsafeStateError(f"the global {name}") from None
 
 
 def state_digest(state: Mapping[str, Any]) -> str:
@@ -174,12 +182,35 @@ def load_checked(path: str | Path, what: str, remedy: str,
     return state
 
 
-def convert_trusted_file(source: str | Path, target: str | Path) -> list[str]:
+def numpy_data_globals() -> list:
+    """What a converted file may need without being named by its user: ``numpy_globals`` and every
+    numpy dtype class but ``object`` (strings, dates, bytes: data, never code)."""
+    import numpy as np
+
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes)
+                     if name.endswith("DType") and name != "ObjectDType"]
+    return numpy_globals() + dtype_classes
+
+
+def global_name(entry: Any) -> str:
+    """The pickled name of a ``safe_globals`` entry (an object, or an ``(object, name)`` pair)."""
+    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+
+
+def convert_file(source: str | Path, target: str | Path, trusted: Sequence[str] = ()) -> list[str]:
     """Rewrite a state file of an earlier version (or any ``torch.save``d dict of tensors, arrays and
-    plain values) as one ``read_state`` loads: plain, sealed again when it was sealed.  This is the
-    one place the project unpickles with ``weights_only=False``, which can run code in the file:
-    only ``tools/convert_model.py`` calls it, on a file its user names and trusts.  A sealed file
-    must pass its checksum first.  Returns the globals the source needed beyond tensors."""
+    plain values) as one ``read_state`` loads: plain, sealed again when it was sealed.
+
+    Nothing in the file runs unless its user named it: the file's globals are listed first
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``), and a global outside numpy's data
+    constructors (``numpy_data_globals``) that is not in ``trusted`` refuses the file, naming every
+    such global, before anything is unpickled.  A file of numpy data is then read with
+    ``weights_only=True`` and those constructors allowed; a file whose other globals its user named
+    is read with ``weights_only=False`` (torch blocks some modules, ``posix`` among them, even when
+    allowed), which can call only the globals just listed.  A sealed file must pass its checksum.  Returns the globals
+    the source needed beyond tensors."""
+    import pickle
+
     import torch
 
     from detector.core.io import save_checkpoint
@@ -189,8 +220,28 @@ def convert_trusted_file(source: str | Path, target: str | Path) -> list[str]:
         raise StateFileError(f"{target} is the file being converted; write the converted file elsewhere")
     if not source.is_file():
         raise StateFileError(f"{source} does not exist")
-    needed = torch.serialization.get_unsafe_globals_in_checkpoint(source)
-    state = torch.load(source, map_location="cpu", weights_only=False)  # the user trusts this file
+    data = {global_name(entry) for entry in numpy_data_globals()}
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(source)
+    except Exception as error:  # not a torch file, truncated
+        raise StateFileError(f"{source} is unreadable ({type(error).__name__}: {str(error)[:200]})") from error
+    refused = [name for name in needed if name not in data and name not in trusted]
+    if refused:
+        flags = " ".join(f"--trust-global {name}" for name in refused)
+        raise UnsafeStateError(f"{source} was not converted: loading it would call {', '.join(refused)}, "
+                               f"which can run any code; if you made this file or trust its source, "
+                               f"convert it with {flags}")
+    trusted_needed = [name for name in needed if name not in data]
+    try:
+        if trusted_needed:  # every global is numpy data or named by the user: torch would block some
+            state = torch.load(source, map_location="cpu", weights_only=False)  # (posix, say) even if allowed
+        else:
+            with torch.serialization.safe_globals(numpy_data_globals()):
+                state = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # a type the listing does not show (torch checks them late)
+        name = refused_global(error) or str(error)[:200]
+        raise UnsafeStateError(f"{source} was not converted: it needs {name}; if you trust its source, "
+                               f"convert it with --trust-global {name}") from None
     if not isinstance(state, dict):
         raise StateFileError(f"{source} is not a state file of this project (it holds a {type(state).__name__})")
     if CHECKSUM_KEY in state and state_digest(state) != state[CHECKSUM_KEY]:

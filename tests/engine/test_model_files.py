@@ -160,8 +160,8 @@ def test_a_file_needing_other_globals_is_refused_then_converts(tiny_trained, tmp
 
 
 def test_no_code_path_loads_with_weights_only_false_but_the_converter():
-    """Source check over every ``torch.load(...)`` call: each passes ``weights_only=True`` but the one
-    in ``convert_trusted_file`` (the user's explicit, trusted conversion)."""
+    """Source check over every ``torch.load(...)`` call: each passes ``weights_only=True`` but the
+    converter's, which runs only when every global of the file is numpy data or named by its user."""
     unrestricted, restricted = [], 0
     for folder in ("detector", "svm", "bbox_regression", "proposals", "tools"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -175,8 +175,42 @@ def test_no_code_path_loads_with_weights_only_false_but_the_converter():
                         if not safe:
                             unrestricted.append(f"{path.relative_to(ROOT)}:{function.name}")
                         restricted += safe
-    assert unrestricted == ["detector/core/integrity.py:convert_trusted_file"], unrestricted
-    assert restricted >= 2  # read_state and the trunk weights' reader
+    assert unrestricted == ["detector/core/integrity.py:convert_file"], unrestricted
+    assert restricted >= 3  # read_state, the converter's numpy-only read and the trunk weights' reader
+
+
+def test_the_converter_refuses_a_payload_by_name_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = malicious_file(tmp_path / "evil.pt", marker)
+    with pytest.raises(SystemExit) as stop:
+        convert_model.main([str(evil), "--out", str(tmp_path / "out.pt")])
+    message = str(stop.value.code)
+    assert "posix.system" in message and "--trust-global posix.system" in message and "\n" not in message
+    assert not marker.exists() and not (tmp_path / "out.pt").exists()
+    assert capsys.readouterr().out == ""  # nothing said before the refusal
+    # trusting another global is not trusting this one
+    with pytest.raises(SystemExit, match="posix.system"):
+        convert_model.main([str(evil), "--out", str(tmp_path / "out.pt"), "--trust-global", "builtins.print"])
+    assert not marker.exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_the_converter_calls_a_global_only_when_its_user_names_it(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = malicious_file(tmp_path / "evil.pt", marker)
+    convert_model.main([str(evil), "--out", str(tmp_path / "out.pt"), "--trust-global", "posix.system"])
+    assert marker.exists()  # the user asked for it
+    assert "called the trusted posix.system" in capsys.readouterr().out
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "out.pt") == []
+
+
+def test_a_file_of_numpy_data_converts_without_a_flag(tiny_trained, tmp_path, capsys):
+    _, run, _ = tiny_trained
+    old = as_earlier_version(read_model_file(run / "model.pt"))
+    torch.save(old, tmp_path / "old.pt")
+    convert_model.main([str(tmp_path / "old.pt"), "--out", str(tmp_path / "new.pt")])
+    assert "numpy" in capsys.readouterr().out
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "new.pt") == []
+    assert np.array_equal(load_model(tmp_path / "new.pt").svm.weights, load_model(run / "model.pt").svm.weights)
 
 
 def test_plain_keeps_container_types_and_shapes():
