@@ -9,12 +9,12 @@ from dataclasses import dataclass
 class BoxRegressorConfig:
     """Settings of box-regression training (see the module docstring for the reasons)."""
 
-    alpha: float = 1000.0
-    min_iou: float = 0.5
-    feature_norm: float = 20.0
-    min_pairs: int = 10
-    max_pairs_per_class: int = 10000
-    seed: int = 0
+    alpha: float = 1000.0  # ridge lambda (R-CNN's; the released SPP-net code used 4000 with whitened targets)
+    min_iou: float = 0.5  # training pairs: proposals overlapping a GT box by IoU above this
+    feature_norm: float = 20.0  # features are scaled so the training pairs' mean L2 norm is this
+    min_pairs: int = 10  # a class with fewer pairs gets no regressor (its boxes pass unchanged)
+    max_pairs_per_class: int = 10000  # pairs kept per class at most (a seeded uniform subsample)
+    seed: int = 0  # the subsample's seed (the config's top-level seed)
 
     def __post_init__(self) -> None:
         if not self.alpha > 0:

@@ -39,9 +39,9 @@ from bbox_regression.config import BoxRegressorConfig
 from bbox_regression.training_pairs import select_training_pairs
 from bbox_regression.transforms import decode, encode
 from detector.core.boxes import clip_boxes
-from detector.core.integrity import arrays
+from detector.core.integrity import tensors_as_arrays
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _STORAGE_DTYPE = np.float16
 _NORM_CHUNK_ROWS = 4096  # rows converted to float32 at a time when measuring feature norms
@@ -196,7 +196,7 @@ class BoxRegressor:
                           "target_std", "num_pairs"} - set(state))
         if missing:
             raise ValueError(f"box regressor state is missing {missing}")
-        state = arrays(state)  # tensors as a file holds them, arrays as a trainer made them
+        state = tensors_as_arrays(state)  # tensors as a file holds them, arrays as a trainer made them
         return cls(
             feature_scale=float(np.asarray(state["feature_scale"])),
             classes=np.asarray(state["classes"], dtype=np.int64).copy(),
@@ -280,7 +280,7 @@ class BoxRegressorTrainer:
         for cls, reservoir in tqdm(sorted(self._reservoirs.items()), desc="box regressors", leave=False,
                                     disable=not progress):
             if reservoir.size < self.config.min_pairs:
-                logger.warning(
+                log.warning(
                     "class %s: %d training pairs < min_pairs=%d, no box regressor; its boxes pass through unchanged",
                     self._name(cls), reservoir.size, self.config.min_pairs,
                 )
@@ -296,7 +296,7 @@ class BoxRegressorTrainer:
             for name, value in (("classes", cls), ("weights", ridge.coef_), ("intercepts", ridge.intercept_),
                                 ("target_mean", mean), ("target_std", std), ("num_pairs", reservoir.size)):
                 parts[name].append(value)
-            logger.info("class %s: box regressor fitted on %d pairs (of %d seen)", self._name(cls), reservoir.size, reservoir.seen)
+            log.info("class %s: box regressor fitted on %d pairs (of %d seen)", self._name(cls), reservoir.size, reservoir.seen)
         return BoxRegressor(
             feature_scale=feature_scale,
             classes=np.array(parts["classes"], dtype=np.int64),

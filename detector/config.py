@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bbox_regression.config import BoxRegressorConfig
+from proposals.config import ProposalConfig
 from svm.config import SVMConfig
 
 PAPER_SCALES = (480, 576, 688, 864, 1200)
@@ -51,30 +52,38 @@ FEATURE_PATHS = ("spp", "rcnn")
 SCORERS = ("svm", "softmax")
 
 
-@dataclass(frozen=True)
-class ProposalConfig:
-    """Selective search (``proposals/``)."""
+def _finite_at_least(name: str, value: float, low: float, strict: bool = False) -> str | None:
+    """A problem text when ``value`` is not a finite number above (``strict``) or at ``low``."""
+    if math.isfinite(value) and (value > low if strict else value >= low):
+        return None
+    return f"{name} must be finite and {'>' if strict else '>='} {low:g}, got {value}"
 
-    method: str = "fast"  # selective search mode: fast, quality or opencv-fast
-    max_side: int = 500  # images are searched with their long side at most this, boxes mapped back
-    workers: int = 2  # processes computing missing proposals
-    # None: selective search (above); else a folder of per-image files or one JSON file of boxes
-    # from elsewhere, read and checked by proposals.external (format in its docstring)
-    source: str | None = None
+
+def _refuse(section: str, problems: list[str | None]) -> None:
+    """Raise one ValueError naming every problem of a section (``None`` entries are no problem)."""
+    found = [problem for problem in problems if problem]
+    if found:
+        raise ValueError("; ".join(f"{section}.{problem}" for problem in found))
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """Which windows fine-tuning learns from (per image and flip, drawn once into a bank)."""
 
-    # 32 keeps the float16 bank of VOC dev_train at stride 32 to 2000 x 2 x 32 x 16000 x 2 B
-    # = 4.1 GB (64 would need 8.2 GB)
+    # windows drawn per image and flip: 32 keeps the float16 bank of VOC dev_train at stride 32
+    # to 2000 x 2 x 32 x 16000 x 2 B = 4.1 GB (64 would need 8.2 GB)
     windows_per_image: int = 32
     fg_fraction: float = 0.25  # share of foreground windows in an image's sample and a mini-batch
     fg_iou: float = 0.5  # foreground: IoU >= fg_iou with a GT box
     bg_low: float = 0.1  # background: IoU in [bg_low, bg_high)
-    bg_high: float = 0.5
+    bg_high: float = 0.5  # upper end of the background's IoU range
     flip: bool = True  # horizontally flipped images double the data
+
+    def __post_init__(self) -> None:
+        if self.windows_per_image < 1 or not 0 < self.fg_fraction <= 1 \
+                or not 0 <= self.bg_low < self.bg_high <= self.fg_iou <= 1:
+            raise ValueError(f"sampling: need windows_per_image >= 1, fg_fraction in (0, 1] and "
+                             f"0 <= bg_low < bg_high <= fg_iou <= 1, got {self}")
 
 
 @dataclass(frozen=True)
@@ -84,14 +93,25 @@ class FinetuneConfig:
     batch_size: int = 128  # windows per mini-batch
     lr: float = 1e-2  # fc layers start from random (no pretrained fc for the default trunk)
     lr_steps: tuple[int, ...] = (3000,)  # iterations at which lr is multiplied by lr_gamma
-    lr_gamma: float = 0.1
-    iterations: int = 4000
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr_gamma: float = 0.1  # the factor applied at each of lr_steps
+    iterations: int = 4000  # mini-batches in all
+    momentum: float = 0.9  # SGD momentum (the released code's)
+    weight_decay: float = 5e-4  # L2 penalty on the fc weights (the released code's)
     checkpoint_every: int = 500  # iterations between resumable checkpoints
     history_every: int = 50  # iterations between progress records (progress bar, DIR/history.jsonl)
     # iterations between fresh window samples of every training image (0: one sample for the whole run)
     resample_every: int = 0
+
+    def __post_init__(self) -> None:
+        _refuse("finetune", [
+            *(f"{name} must be >= 1, got {getattr(self, name)}" for name in ("batch_size", "checkpoint_every",
+                                                                           "history_every")
+              if getattr(self, name) < 1),
+            *(f"{name} must be >= 0, got {getattr(self, name)}" for name in ("iterations", "resample_every")
+              if getattr(self, name) < 0),
+            _finite_at_least("lr", self.lr, 0, strict=True),
+            *(_finite_at_least(name, getattr(self, name), 0) for name in ("lr_gamma", "momentum", "weight_decay")),
+        ])
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,11 @@ class RCNNConfig:
 
     context_pad: int = 16  # pixels of context around each warped window
     batch_size: int = 8  # windows per trunk batch
+
+    def __post_init__(self) -> None:
+        if self.context_pad < 0 or self.batch_size < 1:
+            raise ValueError(f"rcnn.context_pad must be >= 0 and rcnn.batch_size >= 1, got "
+                             f"{self.context_pad} and {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +146,16 @@ class TestConfig:
     # still pooled at its best scale among these (the training paths never read this key)
     scales: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        _refuse("test", [
+            None if self.scorer in SCORERS else f"scorer must be one of {SCORERS}, not {self.scorer!r}",
+            None if 0 < self.nms_iou <= 1 else f"nms_iou must be in (0, 1], got {self.nms_iou}",
+            None if self.max_per_image >= 1 else f"max_per_image must be >= 1, got {self.max_per_image}",
+            None if 0 <= self.box_voting <= 1 else f"box_voting must be an IoU in (0, 1] or 0 (off), got "
+                                                   f"{self.box_voting}",
+            None if all(scale > 0 for scale in self.scales) else f"scales must be positive, got {self.scales}",
+        ])
+
 
 SECTIONS: dict[str, type] = {
     "proposals": ProposalConfig,
@@ -133,7 +168,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """Every tunable of the pipeline; see the module docstring for the sections and presets."""
 
@@ -357,15 +392,11 @@ def make_config(preset: str = "cpu", overrides: Mapping[str, Any] | None = None,
 
 
 def check_config(config: Config) -> None:
-    """Refuse settings no stage can run with, naming the key (sections check their own fields)."""
+    """Refuse top-level settings no stage can run with, and settings that disagree across sections,
+    naming the keys.  Each section checks its own fields when it is built (``__post_init__``)."""
     problems = []
-    if config.test.scorer not in SCORERS:
-        problems.append(f"test.scorer must be one of {SCORERS}, not {config.test.scorer!r}")
     if config.feature_path not in FEATURE_PATHS:
         problems.append(f"feature_path must be one of {FEATURE_PATHS}, not {config.feature_path!r}")
-    if config.rcnn.context_pad < 0 or config.rcnn.batch_size < 1:
-        problems.append(f"rcnn.context_pad must be >= 0 and rcnn.batch_size >= 1, got "
-                        f"{config.rcnn.context_pad} and {config.rcnn.batch_size}")
     if config.fc6_rank is not None and config.fc6_rank < 1:
         problems.append(f"fc6_rank must be a positive rank or None, got {config.fc6_rank}")
     if not config.scales or min(config.scales) <= 0:
@@ -374,7 +405,7 @@ def check_config(config: Config) -> None:
         problems.append(f"scale {max(config.scales)} is above max_side {config.max_side}, the cap on a resized "
                         f"image's long side: it would give the same maps as {config.max_side}; use scales up to "
                         "max_side (or raise max_side)")
-    if config.test.scales and not (min(config.test.scales) > 0 and max(config.test.scales) <= config.max_side):
+    if config.test.scales and max(config.test.scales) > config.max_side:
         problems.append(f"test.scales must be positive and at most max_side {config.max_side}, got "
                         f"{config.test.scales} (empty: test at the training scales)")
     if config.svm.scales and max(config.svm.scales) > config.max_side:
@@ -383,30 +414,6 @@ def check_config(config: Config) -> None:
     if config.fc_width < 1 or config.max_side < 1 or not 0 <= config.dropout < 1:
         problems.append(f"fc_width and max_side must be >= 1 and dropout in [0, 1), got "
                         f"{config.fc_width}, {config.max_side}, {config.dropout}")
-    tune = config.finetune
-    for name in ("batch_size", "checkpoint_every", "history_every"):
-        if getattr(tune, name) < 1:
-            problems.append(f"finetune.{name} must be >= 1, got {getattr(tune, name)}")
-    if tune.iterations < 0 or tune.resample_every < 0:
-        problems.append(f"finetune.iterations and finetune.resample_every must be >= 0, got "
-                        f"{tune.iterations} and {tune.resample_every}")
-    for name in ("lr", "lr_gamma", "momentum", "weight_decay"):
-        value = getattr(tune, name)
-        if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
-            problems.append(f"finetune.{name} must be finite and {'> 0' if name == 'lr' else '>= 0'}, got {value}")
-    sampling = config.sampling
-    if sampling.windows_per_image < 1 or not 0 < sampling.fg_fraction <= 1 \
-            or not 0 <= sampling.bg_low < sampling.bg_high <= sampling.fg_iou <= 1:
-        problems.append(f"sampling: need windows_per_image >= 1, fg_fraction in (0, 1] and "
-                        f"0 <= bg_low < bg_high <= fg_iou <= 1, got {sampling}")
-    if config.proposals.max_side < 32 or config.proposals.workers < 0:
-        problems.append(f"proposals.max_side must be >= 32 and proposals.workers >= 0, got "
-                        f"{config.proposals.max_side}, {config.proposals.workers}")
-    if not 0 < config.test.nms_iou <= 1 or config.test.max_per_image < 1:
-        problems.append(f"test.nms_iou must be in (0, 1] and test.max_per_image >= 1, got "
-                        f"{config.test.nms_iou}, {config.test.max_per_image}")
-    if not 0 <= config.test.box_voting <= 1:
-        problems.append(f"test.box_voting must be an IoU in (0, 1] or 0 (off), got {config.test.box_voting}")
     if problems:
         raise ValueError("config: " + "; ".join(problems))
 
@@ -421,6 +428,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "classifiers": ("proposals", "sampling", "finetune", "svm", "bbox"),
 }
 NOT_STAGE_KEYS = ("proposals.workers", "finetune.checkpoint_every")
+STOP_AFTER = ("finetune",)  # stages a training run may end after (``train_detector``'s ``stop_after``)
 
 
 def stage_settings(config: Config, stage: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from detector.core.paths import cache_root
 from detector.core.records import ImageRecord
 from proposals.selective_search import search_signature, selective_search
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 MAX_NAME_LENGTH = 200
@@ -129,13 +129,13 @@ class ProposalCache:
                     image_digest=str(data["image_digest"]) if "image_digest" in data.files else "",
                 )
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
-            logger.warning("proposal cache file %s is unreadable (%s); ignoring it", path, error)
+            log.warning("proposal cache file %s is unreadable (%s); ignoring it", path, error)
             return None
         problem = _entry_problem(entry, image_size)
         if problem is None and digest is not None and entry.image_digest != digest:
             problem = "made from other bytes of the image (replaced or edited)"
         if problem:
-            logger.warning("proposal cache file %s is invalid (%s); ignoring it", path, problem)
+            log.warning("proposal cache file %s is invalid (%s); ignoring it", path, problem)
             return None
         return entry
 
@@ -300,7 +300,7 @@ def _account(report: ComputeReport, image_id: str, error: str | None, bar: tqdm)
     if error is None:
         report.computed += 1
     else:
-        logger.error("selective search failed on image %s: %s", image_id, error)
+        log.error("selective search failed on image %s: %s", image_id, error)
         report.failed.append(image_id)
     bar.update(1)
 

@@ -50,8 +50,9 @@ import cv2
 import numpy as np
 
 from detector.core.boxes import clip_boxes
+from proposals.config import MODES
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MIN_SEARCH_SIDE = 32
 DEFAULT_MIN_BOX_SIZE = 10.0
@@ -90,7 +91,6 @@ FAST = SearchConfig(
     ks=(100,),
     strategies=(("texture", "size", "fill"), ("size",), ("fill",)),
 )
-MODES = ("fast", "quality", "opencv-fast")
 
 
 def search_signature(mode: str) -> str:
@@ -106,7 +106,7 @@ def _c_library() -> ctypes.CDLL | None:
     """The C library OpenCV's ``rand()`` comes from, or None when it cannot be found."""
     name = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
     if name is None:
-        logger.warning("C library not found; selective search ranking is not reproducible")
+        log.warning("C library not found; selective search ranking is not reproducible")
         return None
     return ctypes.CDLL(name)
 

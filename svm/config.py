@@ -7,7 +7,7 @@ CACHE_DTYPES = ("float16", "float32")
 SVM_FEATURES = ("fc7", "pool5")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SVMConfig:
     """Hyper-parameters of SVM training (defaults: the paper / released code)."""
 
@@ -18,23 +18,23 @@ class SVMConfig:
     # at its best one as at test; empty: the model's training ``scales`` (the paper)
     scales: tuple[int, ...] = ()
     C: float = 1e-3  # the paper's liblinear -c
-    pos_weight: float = 2.0
-    intercept_scaling: float = 10.0
-    hard_threshold: float = -1.0
-    evict_threshold: float = -1.2
-    neg_iou: float = 0.3
+    pos_weight: float = 2.0  # weight of a positive's hinge loss against a negative's (the released code's)
+    intercept_scaling: float = 10.0  # the bias feature's value (liblinear -B), so the bias is less regularised
+    hard_threshold: float = -1.0  # a negative scoring above this is hard: it enters its class's cache
+    evict_threshold: float = -1.2  # a cached negative scoring below this after a retrain is evicted
+    neg_iou: float = 0.3  # negatives: windows whose IoU with every GT box of the class is below this
     # proposals overlapping a non-difficult GT box by IoU >= pos_iou are positives of its class
     # too (ImageWindows.near_gt); 1: the GT boxes alone (the paper)
     pos_iou: float = 1.0
-    neg_overlap: float = 0.7
-    passes: int = 1
+    neg_overlap: float = 0.7  # a negative overlapping a kept negative by more than this IoU is dropped
+    passes: int = 1  # mining passes over the training images (the paper: one)
     # also the GT boxes of the horizontally flipped training images as positives (twice the
     # positives for a pass over their GT boxes alone; negatives are mined on the images as they are)
     flip_positives: bool = False
-    retrain_every: int = 2000
-    max_cache_per_class: int = 20_000
-    cache_dtype: str = "float16"
-    seed: int = 0
+    retrain_every: int = 2000  # retrain a class after this many new hard negatives entered its cache
+    max_cache_per_class: int = 20_000  # rows a class's cache holds at most (the easiest are dropped first)
+    cache_dtype: str = "float16"  # dtype of the cached feature rows: float16 or float32
+    seed: int = 0  # liblinear's seed (the config's top-level seed)
 
     def __post_init__(self) -> None:
         if not (self.C > 0 and self.pos_weight > 0 and self.intercept_scaling > 0):

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from detector.core.integrity import arrays
+from detector.core.integrity import tensors_as_arrays
 
 
 @dataclass
@@ -141,7 +141,7 @@ class SVMModel:
         missing = {"weights", "biases", "feature_scale"} - set(state)
         if missing:
             raise ValueError(f"SVM state is missing {sorted(missing)}")
-        state = arrays(state)  # tensors as a file holds them, arrays as a trainer made them
+        state = tensors_as_arrays(state)  # tensors as a file holds them, tensors_as_arrays as a trainer made them
         return cls(
             weights=np.array(state["weights"], dtype=np.float32),
             biases=np.array(state["biases"], dtype=np.float32),

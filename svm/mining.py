@@ -56,7 +56,7 @@ from svm.features import ImageFeatures
 from svm.linear_svm import LinearFit, SVMModel, train_linear_svm
 from svm.negatives import select_negatives
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _CACHE_DTYPES = {name: np.dtype(name).type for name in CACHE_DTYPES}
 # the mining algorithm's version, in the classifiers' stage record: SVMs mined by an earlier one
@@ -272,14 +272,14 @@ class HardNegativeMiner:
         self.stats.total_seconds = time.perf_counter() - start
         for label, class_stats in enumerate(self.stats.classes):
             class_stats.cache_size = self.caches[label].size
-            logger.info("SVM class %s: %s", self.names[label], class_stats)
+            log.info("SVM class %s: %s", self.names[label], class_stats)
         self.stats.failing_classes = failing_classes(self.stats, self.names)
         for name, reasons in self.stats.failing_classes.items():
-            logger.warning("SVM class %s fails its check on its own training data: %s; try negatives farther "
+            log.warning("SVM class %s fails its check on its own training data: %s; try negatives farther "
                            "from its GT boxes (svm.neg_iou=0.2), more positives (svm.pos_iou=0.7: the "
                            "proposals near its GT boxes), look at the class's boxes, or score without the "
                            "SVMs (--scorer softmax)", name, "; ".join(reasons))
-        logger.info(
+        log.info(
             "SVM mining: %d pass(es), %s images, %.1f s (%.1f s producing images), "
             "peak cache %.1f MiB",
             self.stats.passes, self.stats.images_per_pass, self.stats.total_seconds,
@@ -356,7 +356,7 @@ class HardNegativeMiner:
                 if self._added_since_retrain[label] or not self.stats.classes[label].retrains:
                     self._retrain(label)
             elif self.weights is not None:
-                logger.warning(
+                log.warning(
                     "SVM class %s has %d positive and %d cached negative windows: left at w = 0",
                     self.names[label], self.stats.classes[label].num_positives,
                     self.caches[label].size if self.caches else 0,
@@ -482,7 +482,7 @@ class HardNegativeMiner:
                              "positives": len(positives), "negatives": cache.size, "evicted": evicted,
                              "objective": fit.objective, "converged": fit.converged,
                              "solver_iterations": fit.iterations, "seconds": seconds})
-        logger.debug(
+        log.debug(
             "SVM class %s retrain %d: %d pos, %d neg, evicted %d, %.2f s",
             self.names[label], class_stats.retrains, len(positives), cache.size + evicted, evicted, seconds,
         )

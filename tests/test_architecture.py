@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("detector.inference",),
     ("detector.evaluation",),
     ("detector.engine",),
-    ("detector.benchmarks",),
+    ("detector.analysis",),
     ("detector.cli",),
 ]
 

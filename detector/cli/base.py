@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -35,6 +36,29 @@ def interruptible(tool: str) -> Iterator[None]:
         raise SystemExit(128 + signum) from None
 
 
+class PixelLimit(argparse.Action):
+    """``--max-image-pixels N``: sets ``SPPNET_MAX_IMAGE_PIXELS`` when parsed, for this process and
+    the workers it starts (``detector.core.images.max_image_pixels``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: str,
+                 option: str | None = None) -> None:
+        try:
+            pixels = int(float(value))
+        except ValueError:
+            pixels = 0
+        if pixels < 1:
+            parser.error(f"{option}: expected a positive number of pixels, got {value!r}")
+        os.environ["SPPNET_MAX_IMAGE_PIXELS"] = str(pixels)
+        setattr(namespace, self.dest, pixels)
+
+
+def add_pixel_limit_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-pixels N`` (``PixelLimit``)."""
+    parser.add_argument("--max-image-pixels", action=PixelLimit, metavar="N",
+                        help="refuse images of more than N pixels from their header, before decoding "
+                             "(default: $SPPNET_MAX_IMAGE_PIXELS, else 100 million)")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every tool's help: its docstring as written, and each option's default where it has one that
     its help does not state already (argparse's ``ArgumentDefaultsHelpFormatter`` would also print
@@ -50,20 +74,44 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def tool_main(tool: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Decorate a tool's ``main`` to run it ``interruptible(tool)``; a one-line error the tool ends
-    with (``SystemExit("TOOL: ...")``) names the command as the user typed it (``sppnet-predict``
-    for the console script, ``predict.py`` for ``tools/predict.py``)."""
+    """Decorate a tool's ``main``: run it ``interruptible(tool)``, and end it with one line naming
+    the tool when it raises a ``ValueError`` or ``OSError`` (bad input, an unwritable path: the
+    message names the value or file) or ends with ``SystemExit("TOOL: ...")``.  The line names the
+    command as the user typed it (``sppnet-predict`` for the console script, ``predict.py`` for
+    ``tools/predict.py``; ``typed_name``)."""
     def decorate(main: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> None:
-            typed = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else tool
+            typed = typed_name(tool)
             try:
-                with interruptible(typed if typed.startswith("sppnet-") else tool):
+                with interruptible(typed):
                     main(argv)
+            except (ValueError, OSError) as error:
+                raise SystemExit(f"{typed}: {error_line(error)}") from error
             except SystemExit as stop:
-                if (typed.startswith("sppnet-") and isinstance(stop.code, str)
-                        and stop.code.startswith(f"{tool}: ")):
+                if typed != tool and isinstance(stop.code, str) and stop.code.startswith(f"{tool}: "):
                     raise SystemExit(f"{typed}: {stop.code[len(tool) + 2:]}") from stop.__cause__
                 raise
         return run
     return decorate
+
+
+def elastic_record(main: Callable[..., None]) -> Callable[..., None]:
+    """``torch.distributed.elastic``'s ``@record`` for a tool that runs under ``torchrun``: a failing
+    rank's traceback goes to the agent's report.  It is applied only under ``torchrun``
+    (``TORCHELASTIC_ERROR_FILE`` set), where it has a report to write, so that a plain run's
+    ``--help`` never imports torch."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> None:
+        if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+            return main(argv)
+        from torch.distributed.elastic.multiprocessing.errors import record
+        return record(main)(argv)
+    return run
+
+
+def typed_name(tool: str) -> str:
+    """How the user called ``tool``: its console script's name (``sppnet-predict``) when run as one,
+    else ``tool`` (``predict.py``)."""
+    typed = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else tool
+    return typed if typed.startswith("sppnet-") else tool

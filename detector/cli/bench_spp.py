@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from detector.cli.base import HelpFormatter
-from detector.core.runtime import keep_freed_memory
-from detector.features.spp import benchmark_pool_windows
+from detector.cli.base import HelpFormatter, tool_main
 
 
+@tool_main("bench_spp.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--channels", type=int, default=112,
@@ -21,8 +18,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[6, 3, 2, 1], help="pyramid levels")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is kept")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random map and windows (default 0)")
     args = parser.parse_args(argv)
+    import torch
+
+    from detector.analysis.spp_bench import benchmark_pool_windows
+    from detector.core.runtime import keep_freed_memory
+
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train_det.py and test_det.py run; pool_windows_fresh_pages shows the other case
     seconds = benchmark_pool_windows(args.channels, args.height, args.width, args.windows, args.max_side,

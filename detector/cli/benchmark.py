@@ -19,12 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model
-from detector.cli.base import HelpFormatter, error_line, tool_main
-from detector.cli.common import add_dataset_arguments, dataset_from_args, setup_logging
-from detector.config import make_config
-from detector.core.runtime import keep_freed_memory
-from detector.model.detector import load_model
+from detector.cli.arguments import add_dataset_arguments
+from detector.cli.base import HelpFormatter, tool_main
 
 
 @tool_main("benchmark.py")
@@ -55,19 +51,20 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--scale-sets takes comma-separated integers, got {' '.join(args.scale_sets)}")
         if any(s < 1 for scales in scale_sets.values() for s in scales):
             parser.error("scales must be positive")
+    from detector.analysis.modes import benchmark_modes, format_benchmark, fresh_model
+    from detector.cli.common import dataset_from_args, setup_logging
+    from detector.config import make_config
+    from detector.core.runtime import keep_freed_memory
+    from detector.model.detector import load_model
+
     setup_logging()
     keep_freed_memory()
-    try:
-        model = load_model(args.model) if args.model is not None else None
-        dataset = dataset_from_args(args, default_split="test",
-                                    classes=model.classes if model is not None else None)
-        if model is None:
-            model = fresh_model(dataset.classes, make_config("cpu"))
-        results = benchmark_modes(model, dataset, args.images, threads=args.threads,
-                                  progress=not args.quiet, fc6_rank=args.fc6_rank, scale_sets=scale_sets,
-                                  rcnn=not args.no_rcnn)
-    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
-        raise SystemExit(f"benchmark.py: {error_line(error)}") from error
+    model = load_model(args.model) if args.model is not None else None
+    dataset = dataset_from_args(args, default_split="test", classes=model.classes if model is not None else None)
+    if model is None:
+        model = fresh_model(dataset.classes, make_config("cpu"))
+    results = benchmark_modes(model, dataset, args.images, threads=args.threads, progress=not args.quiet,
+                              fc6_rank=args.fc6_rank, scale_sets=scale_sets, rcnn=not args.no_rcnn)
     print(format_benchmark(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

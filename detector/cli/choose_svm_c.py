@@ -1,7 +1,7 @@
 """Choose the SVMs' C on held-out training images: mine once on SPLIT-fit with a fine-tuned model's
 features, refit at every candidate C on the final caches, and measure each on SPLIT-holdout.
 
-    python tools/choose_svm_c.py --voc-root ROOT --model RUN/model.pt [--split dev_train]
+    python tools/choose_svm_c.py --voc-root ROOT --model RUN/model.pt [--split train]
                                  [--C 0.001 0.003 0.01 0.03] [--test-variants test.box_voting=0 ...]
                                  [--grid svm.KEY=V1,V2,...] [--bootstrap 1000] [--json FILE]
 
@@ -35,17 +35,16 @@ much of it the 365 images alone could have made.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from detector.cli.base import HelpFormatter, error_line, tool_main
-from detector.cli.common import add_dataset_arguments, dataset_root_from_args, setup_logging
+from detector.cli.arguments import add_dataset_arguments
+from detector.cli.base import HelpFormatter, tool_main
 
 
-@tool_main("choose_svm_c.py")
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, with ``overrides``, ``variants`` and ``grid`` checked and parsed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_dataset_arguments(parser, default_split="dev_train")
+    add_dataset_arguments(parser, default_split="train")
     parser.add_argument("--model", type=Path, required=True, help="model.pt whose fc layers give the features")
     parser.add_argument("--C", nargs="+", type=float,
                         help="refit every mining at these values of svm.C (default: 0.001 0.003 0.01 0.03; "
@@ -69,126 +68,51 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--C values must be positive, got {args.C}")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be 0 or more, got {args.bootstrap}")
-    overrides = {}
+    args.overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not (key.startswith("svm.") or key == "test.scales"):
             parser.error(f"--set takes svm.KEY=VALUE or test.scales=S1,S2,..., got {item!r}")
-        overrides[key] = value
-    variants = {}
+        args.overrides[key] = value
+    args.variants = {}
     for item in args.test_variants:
         pairs = [part.partition("=") for part in item.split(",")]
         if any(not sep or not key.startswith("test.") for key, sep, _ in pairs):
             parser.error(f"--test-variants takes test.KEY=VALUE[,test.KEY=VALUE], got {item!r}")
-        variants[item] = {key: value for key, _, value in pairs}
-    grid = {"": {}}
+        args.variants[item] = {key: value for key, _, value in pairs}
+    args.grid_configs = {"": args.overrides}
     if args.grid:
         key, sep, values = args.grid.partition("=")
         if not sep or not key.startswith("svm.") or key in ("svm.features", "svm.scales") or not values:
             parser.error(f"--grid takes svm.KEY=V1,V2,... (not svm.features or svm.scales: the features are "
                          f"shared), got {args.grid!r}")
-        grid = {f"{key}={value}": {**overrides, key: value} for value in values.split(",")}
-    setup_logging()
+        args.grid_configs = {f"{key}={value}": {**args.overrides, key: value} for value in values.split(",")}
+    return args
+
+
+@tool_main("choose_svm_c.py")
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     import dataclasses
-    import tempfile
+    import json
 
-    from tqdm import tqdm
+    from detector.analysis.svm_choice import choose_svm_settings, format_choice
+    from detector.cli.common import dataset_root_from_args, setup_logging
 
-    from detector.core.paths import cache_root
-    from detector.core.timing import StageTimer
-    from detector.data.voc import load_voc
-    from detector.engine.train import mine_classifiers, training_windows
-    from detector.evaluation.bootstrap import paired_bootstrap, rank_matches
-    from detector.evaluation.evaluator import VOCEvaluator
-    from detector.inference.detect import detections_from_features, window_features
-    from detector.model.detector import load_model
-    from proposals.external import load_proposals
-    from svm.features import FeatureReplay
-
-    root = dataset_root_from_args(args)
-    split = args.split or "dev_train"
-    try:
-        model = load_model(args.model, cache_dir=cache_root(root), overrides={"test.scorer": "softmax", **overrides})
-        svm_config = model.config.replace(**{"test.scorer": "svm"})
-        variant_configs = {item: svm_config.replace(**changes) for item, changes in variants.items()}  # checked now
-        grid_configs = {label: model.config.replace(**changes) for label, changes in grid.items()}  # checked now
-        fit = load_voc(root, f"{split}-fit", model.classes)
-        holdout = load_voc(root, f"{split}-holdout", model.classes)
-        config = model.config
-        windows = training_windows(fit, config, not args.quiet)[:args.images]
-        mined, stats, refits = {}, {}, {}
-        cache_root(root).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="choose_svm_", dir=cache_root(root)) as work:
-            replay = FeatureReplay(Path(work) / "fc7.float16") if args.grid else None
-            for label, candidate_config in grid_configs.items():
-                svms, regression_here, stats[label], miner = mine_classifiers(
-                    dataclasses.replace(model, config=candidate_config), windows, not args.quiet, replay=replay)
-                mined[label] = (svms, candidate_config.svm.C)
-                refits[label] = {float(c): miner.refit(c) for c in args.C}
-                if len(mined) == 1:  # the box regressors are fed by the first mining only
-                    regression = regression_here
-        if model.regressor is None:
-            model.regressor = regression.fit(not args.quiet)
-        found = load_proposals(root, holdout.records, config.proposals.method, config.proposals.max_side,
-                               config.proposals.workers, not args.quiet, config.proposals.source)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"choose_svm_c.py: {error_line(error)}") from error
-    scorers = {"softmax": model}
-    for label, (svms, mined_c) in mined.items():
-        where = f" {label}" if label else ""
-        scorers[f"SVMs{where} as mined (C={mined_c:g})"] = dataclasses.replace(model, svm=svms, config=svm_config)
-        if not label:
-            scorers.update({f"SVMs after pass {k + 1} of {len(miner.pass_models)}": dataclasses.replace(
-                model, svm=pass_model, config=svm_config) for k, pass_model in enumerate(miner.pass_models[:-1])})
-        scorers.update({f"SVMs{where} refit at C={c:g}": dataclasses.replace(model, svm=refit, config=svm_config)
-                        for c, refit in refits[label].items()})
-    candidates = [(name, scorer) for name, scorer in scorers.items() if name.startswith("SVMs")]
-    for item, changes in variants.items():
-        scorers[f"softmax {item}"] = dataclasses.replace(model, config=model.config.replace(**changes))
-        scorers.update({f"{name} {item}": dataclasses.replace(scorer, config=variant_configs[item])
-                        for name, scorer in candidates})
-    evaluators = {name: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for name in scorers}
-    kept = {name: [] for name in scorers}  # per image, for the bootstrap
-    timer = StageTimer()
-    records = [r for r in holdout.records if r.image_id in found]
-    for record in tqdm(records, desc="held-out images", disable=args.quiet, unit="img"):
-        boxes = found[record.image_id].astype("float32").reshape(-1, 4)
-        features = window_features(model, record, boxes, timer, scales=model.test_scales)  # as detect
-        for name, scorer in scorers.items():
-            kept[name].append(detections_from_features(scorer, record, boxes, features, timer))
-            evaluators[name].process(record, kept[name][-1])
-    results = {name: evaluator.evaluate() for name, evaluator in evaluators.items()}
-    versus = {}  # SVM candidate -> its difference from the softmax under the same test settings
-    if args.bootstrap and records:
-        ranked = {name: rank_matches(records, kept[name], len(model.classes)) for name in scorers}
-        for name in scorers:
-            variant = next((item for item in variants if name.endswith(f" {item}")), None)
-            if name.startswith("SVMs"):
-                versus[name] = paired_bootstrap(ranked[name], ranked["softmax" + (f" {variant}" if variant else "")],
-                                                resamples=args.bootstrap)
-    print(f"{split}-fit ({len(windows)} images) -> {split}-holdout ({len(records)} images), model {args.model}")
-    width = max(len(name) for name in scorers)
-    print(f"{'scorer':{width}s} mAP   " + " ".join(f"{c[:5]:>5s}" for c in model.classes))
-    for name, metrics in results.items():
-        print(f"{name:{width}s} {100 * metrics['mAP']:5.1f} "
-              + " ".join(f"{100 * metrics['ap'][c]:5.1f}" if metrics["ap"].get(c) is not None else "    -"
-                         for c in model.classes))
-    if versus:
-        print(f"SVMs minus the softmax under the same test settings, mAP points (paired bootstrap over the "
-              f"{len(records)} held-out images, {args.bootstrap} resamples):")
-        for name, difference in versus.items():
-            print(f"  {name:{width}s} {difference.mAP}")
-    looser = [c for c in args.C if c > config.svm.C]
-    if looser:
-        print(f"note: the refits at C = {', '.join(f'{c:g}' for c in looser)} are above the mining's C = "
-              f"{config.svm.C:g}: their caches were mined under a tighter model, so they may rank negatives the "
-              f"caches never held above their positives; mine at such a C (--set svm.C=...) to compare it fairly")
+    setup_logging()
+    split = args.split or "train"
+    choice = choose_svm_settings(dataset_root_from_args(args), split, args.model, args.overrides, args.grid_configs,
+                                 args.variants, args.C, args.images, args.bootstrap, not args.quiet)
+    print(f"{split}-fit ({choice.fit_images} images) -> {split}-holdout ({choice.holdout_images} images), "
+          f"model {args.model}")
+    print(format_choice(choice, args.C, args.bootstrap))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"split": split, "model": str(args.model),
-                                         "mining": stats[""] if "" in stats else stats,
-                                         "results": {n: {"mAP": m["mAP"], "ap": m["ap"]} for n, m in results.items()},
-                                         "minus_softmax": {n: dataclasses.asdict(d.mAP) for n, d in versus.items()}},
+        args.json.write_text(json.dumps({"split": split, "model": str(args.model), "mining": choice.mining_stats,
+                                         "results": {n: {"mAP": m["mAP"], "ap": m["ap"]}
+                                                     for n, m in choice.results.items()},
+                                         "minus_softmax": {n: dataclasses.asdict(d.mAP)
+                                                           for n, d in choice.versus.items()}},
                                         indent=1, default=float))
         print(f"wrote {args.json}")
 

@@ -1,4 +1,6 @@
-"""Argument handling shared by the command-line tools (dataset choice, config overrides, logging)."""
+"""What the tools do with their parsed arguments (dataset, config, proposal cache, logging, process
+group); imported after parsing: it loads the library.  The arguments themselves are declared in
+``detector.cli.arguments``, which imports nothing heavy."""
 from __future__ import annotations
 
 import argparse
@@ -8,55 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from detector.config import FEATURE_PATHS, PRESETS, Config, make_config
+from detector.config import Config, make_config
 from detector.core import distributed
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import VOCDataset, load_voc, split_file
 from proposals.cache import ProposalCache, default_cache_folder
-from proposals.selective_search import MODES
-
-
-def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
-    """--voc-root / --split / --classes; no --voc-root means the embedded demo dataset."""
-    parser.add_argument("--voc-root", type=Path,
-                        help="VOC2007-style folder (Annotations/, JPEGImages/, ImageSets/Main/); "
-                             "default: the embedded demo dataset, generated on first use")
-    parser.add_argument("--split", help=f"split file name in ImageSets/Main (default: {default_split}; a "
-                                        "dataset without one needs --split)")
-    parser.add_argument("--classes", nargs="+", help="class names (default: from the annotations)")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset / --config / --set and the common shortcuts."""
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="cpu: sized for a 2-core machine (default with --voc-root); demo: the "
-                             "demo data's quick setting (default without --voc-root); paper: the "
-                             "paper's GPU schedule")
-    parser.add_argument("--config", type=Path, help="JSON file of config overrides")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides as KEY=VALUE, KEY a top-level name or SECTION.NAME, "
-                             "e.g. --set finetune.iterations=2000 svm.C=0.01 fc_width=512")
-    parser.add_argument("--backbone", help="trunk name (efficientnet_lite0, efficientnet_lite1, "
-                                           "efficientnet_lite2, zf5, alexnet, vgg16)")
-    parser.add_argument("--weights", help="trunk weights: a file, 'imagenet' or 'none'")
-    parser.add_argument("--scales", nargs="+", type=int, help="short-side scales, e.g. 688 or 480 576 688 864 1200")
-    parser.add_argument("--feature-path", choices=FEATURE_PATHS,
-                        help="spp: pool windows from shared conv maps (default); rcnn: warp each "
-                             "window to 224x224 and run the trunk on it, as R-CNN")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="cpu or cuda")
-    parser.add_argument("--workers", type=int, help="processes for selective search")
-
-
-def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
-    """--voc-root / --split (both required) and the selective search cache options."""
-    parser.add_argument("--voc-root", required=True, type=Path, help="dataset folder in the VOC layout")
-    parser.add_argument("--split", required=True, help="split name (ImageSets/Main/<split>.txt)")
-    parser.add_argument("--workers", type=int,
-                        help="worker processes for missing proposals (default 2; under torchrun 1 per rank)")
-    parser.add_argument("--method", choices=MODES, default="fast", help="selective search mode (default fast)")
-    parser.add_argument("--max-side", type=int, default=500, help="longest side searched (default 500)")
-    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: the dataset's cache for this mode)")
 
 
 def proposal_cache_from_args(args: argparse.Namespace) -> ProposalCache:

@@ -10,22 +10,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.base import HelpFormatter, error_line
-from detector.model.compression import compress_model
-from detector.model.detector import load_model, save_model
+from detector.cli.base import HelpFormatter, tool_main
 
 
+@tool_main("compress_net.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model.pt written by tools/train_det.py")
     parser.add_argument("--rank", type=int, required=True, help="rank of the compressed fc6, e.g. 256")
     parser.add_argument("--out", type=Path, required=True, help="compressed model file to write")
     args = parser.parse_args(argv)
-    try:
-        model, factors = compress_model(load_model(args.model), args.rank)
-        save_model(args.out, model)
-    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
-        raise SystemExit(f"compress_net.py: {error_line(error)}") from error
+    from detector.model.compression import compress_model
+    from detector.model.detector import load_model, save_model
+
+    model, factors = compress_model(load_model(args.model), args.rank)
+    save_model(args.out, model)
     width, inputs = factors.second.shape[0], factors.first.shape[1]
     print(f"fc6 {width} x {inputs} -> rank {args.rank}: "
           f"{width * inputs / (args.rank * (width + inputs)):.1f}x fewer multiply-adds, "

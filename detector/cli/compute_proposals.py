@@ -10,34 +10,31 @@ import logging
 import os
 import sys
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from detector.cli.base import HelpFormatter, error_line, tool_main
-from detector.cli.common import add_proposal_arguments, process_group, proposal_cache_from_args
-from detector.core import distributed
-from detector.data.voc import load_voc
-from proposals.cache import ComputeReport, compute_proposals
+from detector.cli.arguments import add_proposal_arguments
+from detector.cli.base import HelpFormatter, elastic_record, tool_main
 
 
-@record  # under torchrun, a failing rank's traceback is in the agent's report
+@elastic_record  # under torchrun, a failing rank's traceback is in the agent's report
 @tool_main("compute_proposals.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_proposal_arguments(parser)
     args = parser.parse_args(argv)
+    from detector.cli.common import process_group, proposal_cache_from_args
+    from detector.core import distributed
+    from detector.data.voc import load_voc
+    from proposals.cache import compute_proposals
+
     where = f"[rank {os.environ.get('RANK', '0')}] " if distributed.env_world_size() > 1 else ""
     logging.basicConfig(level=logging.INFO, format=f"{where}%(levelname)s %(name)s: %(message)s")
     if args.workers is None:
         args.workers = 1 if distributed.env_world_size() > 1 else 2
 
     with process_group("cpu"):
-        try:
-            dataset = load_voc(args.voc_root, args.split)
-            cache = proposal_cache_from_args(args)
-            report = compute_proposals(distributed.shard(dataset.records), cache, args.workers, args.method,
-                                       args.max_side, progress=distributed.is_main())
-        except (ValueError, OSError) as error:  # bad dataset, unwritable or full disk: the message names the path
-            raise SystemExit(f"compute_proposals.py: {error_line(error)}") from error
+        dataset = load_voc(args.voc_root, args.split)
+        cache = proposal_cache_from_args(args)
+        report = compute_proposals(distributed.shard(dataset.records), cache, args.workers, args.method,
+                                   args.max_side, progress=distributed.is_main())
         report = merged_report(distributed.all_gather_objects(report))
         main_rank = distributed.is_main()
     if not main_rank:
@@ -51,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(1 if report.failed else 0)
 
 
-def merged_report(reports: list[ComputeReport]) -> ComputeReport:
+def merged_report(reports: list) -> object:
     """One report of every rank's (wall seconds: the slowest rank's; workers: all ranks' together)."""
+    from proposals.cache import ComputeReport
+
     if len(reports) == 1:
         return reports[0]
     return ComputeReport(computed=sum(r.computed for r in reports), skipped=sum(r.skipped for r in reports),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.base import HelpFormatter, error_line, tool_main
+from detector.cli.base import HelpFormatter, tool_main
 
 
 @tool_main("convert_model.py")
@@ -31,10 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from detector.core.integrity import convert_file
 
-    try:
-        needed = convert_file(args.source, args.out, args.trust_global)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"convert_model.py: {error_line(error)}") from error
+    needed = convert_file(args.source, args.out, args.trust_global)
     trusted = [name for name in needed if name in args.trust_global]
     print(f"wrote {args.out}" + (f" (it held {', '.join(needed)}; now tensors and plain values)" if needed
                                  else " (it held only tensors and plain values already)")

@@ -7,10 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.cli.base import HelpFormatter, error_line, tool_main
-from detector.cli.common import setup_logging
-from detector.engine.ensemble import ensemble_result_dirs
-from detector.evaluation.voc_eval import format_ap_table
+from detector.cli.base import HelpFormatter, tool_main
 
 
 @tool_main("ensemble.py")
@@ -24,13 +21,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="IoU above which a detection of one model suppresses a lower-scored one of another")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
                         help="voc07: 11-point AP; voc10: area under the precision envelope")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="merge a folder whose run.json says its run is incomplete (refused otherwise)")
     args = parser.parse_args(argv)
+    from detector.cli.common import setup_logging
+    from detector.engine.ensemble import ensemble_result_dirs
+    from detector.evaluation.voc_eval import format_ap_table
+
     setup_logging()
-    try:
-        metrics = ensemble_result_dirs(args.voc_root, args.split, args.result_dirs, args.out,
-                                       args.nms_iou, use_07_metric=args.metric == "voc07")
-    except (ValueError, OSError) as error:  # the message names the folder or file
-        raise SystemExit(f"ensemble.py: {error_line(error)}") from error
+    metrics = ensemble_result_dirs(args.voc_root, args.split, args.result_dirs, args.out,
+                                   args.nms_iou, use_07_metric=args.metric == "voc07",
+                                   allow_incomplete=args.allow_incomplete)
+    for folder in metrics["incomplete_inputs"]:
+        print(f"input  {folder} is INCOMPLETE (its run did not finish): merged anyway, as --allow-incomplete asks")
     for folder, value in metrics["inputs"].items():
         print(f"input  {folder}: mAP {100 * value:.1f}")
     print(f"merged {args.out}: mAP {100 * metrics['mAP']:.1f}")

@@ -6,21 +6,23 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
-from detector.cli.base import HelpFormatter
-from detector.data.demo import DEMO_CLASSES, default_demo_root, make_demo_dataset
-from detector.data.voc import load_voc
+from detector.cli.base import HelpFormatter, tool_main
 
 
+@tool_main("make_demo_data.py")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--root", type=Path, default=None,
-                        help=f"output folder (default {default_demo_root()})")
+                        help="output folder (default: the demo's folder in the cache, $SPPNET_CACHE/demo_voc)")
     parser.add_argument("--train", type=int, default=240, help="number of training images")
     parser.add_argument("--test", type=int, default=120, help="number of test images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     args = parser.parse_args(argv)
+    import numpy as np
+
+    from detector.data.demo import DEMO_CLASSES, make_demo_dataset
+    from detector.data.voc import load_voc
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     started = time.perf_counter()

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.cli.base import HelpFormatter, error_line, tool_main  # light: --help imports neither torch nor numba
+from detector.cli.base import HelpFormatter, add_pixel_limit_argument, tool_main, typed_name
 
 
 @tool_main("predict.py")
@@ -41,27 +41,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--proposals", type=Path, metavar="DIR_OR_FILE",
                         help="boxes from elsewhere, keyed by file name without suffix (proposals/external.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_pixel_limit_argument(parser)
     args = parser.parse_args(argv)
 
     from detector.cli.common import setup_logging
+    from detector.core.folders import RECORDS_FILE, STREAM_FILE
+    from detector.core.images import IMAGE_SUFFIXES
     from detector.engine.stages import check_writable
-    from detector.inference.batch import RECORDS_FILE, STREAM_FILE, check_out_folder, image_files, predict_files
+    from detector.inference.batch import check_out_folder, image_files, predict_files
     from detector.inference.predictor import Detector
     from proposals.external import ExternalProposals
 
     setup_logging()
-    try:
-        check_out_folder(args.out, args.inputs)
-        check_writable([args.out])
-        overrides = {**({"test.scorer": args.scorer} if args.scorer else {}),
-                     **({"test.scales": tuple(args.scales)} if args.scales else {})}
-        detector = Detector.load(args.model, args.device, overrides or None)
-        external = ExternalProposals(args.proposals) if args.proposals is not None else None
-        files = image_files(args.inputs)
-        threshold = detector.default_threshold if args.score_threshold is None else args.score_threshold
-        done = predict_files(detector, files, args.out, threshold, external, progress=not args.quiet)
-    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
-        raise SystemExit(f"predict.py: {error_line(error)}") from error
+    check_out_folder(args.out, args.inputs)
+    files = image_files(args.inputs)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(map(str, args.inputs))}; "
+                         "nothing was written")
+    check_writable([args.out])
+    overrides = {**({"test.scorer": args.scorer} if args.scorer else {}),
+                 **({"test.scales": tuple(args.scales)} if args.scales else {})}
+    detector = Detector.load(args.model, args.device, overrides or None)
+    external = ExternalProposals(args.proposals) if args.proposals is not None else None
+    threshold = detector.default_threshold if args.score_threshold is None else args.score_threshold
+    done = predict_files(detector, files, args.out, threshold, external, progress=not args.quiet)
     if len(done.records) == 1:
         found = done.records[0]
         print(f"{found['file']}: {len(found['scores'])} detection(s) " + ", ".join(
@@ -71,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.out / RECORDS_FILE} ({args.out / STREAM_FILE} line by line) and {len(done.records)} "
               f"drawn image(s) in {args.out} (score threshold {threshold:g})")
     for failed in done.failed:
-        print(f"predict.py: skipped {failed}", file=sys.stderr)
+        print(f"{typed_name('predict.py')}: skipped {failed}", file=sys.stderr)
     if not done.records:
-        raise SystemExit("predict.py: no image could be read" if files else "predict.py: no image files in the inputs")
+        raise SystemExit("predict.py: no image could be read")
 
 
 if __name__ == "__main__":

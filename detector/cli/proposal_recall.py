@@ -4,11 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from detector.cli.arguments import add_proposal_arguments
 from detector.cli.base import HelpFormatter, tool_main
-from detector.cli.common import add_proposal_arguments, proposal_cache_from_args
-from detector.data.voc import load_voc
-from proposals.cache import compute_proposals, search_timings
-from proposals.recall import proposal_recall
 
 
 @tool_main("proposal_recall.py")
@@ -18,6 +15,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iou", type=float, default=0.5, help="IoU at which a GT box counts as recalled")
     parser.add_argument("--max-proposals", type=int, help="use only each image's first N proposals")
     args = parser.parse_args(argv)
+    from detector.cli.common import proposal_cache_from_args
+    from detector.data.voc import load_voc
+    from proposals.cache import compute_proposals, search_timings
+    from proposals.recall import proposal_recall
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     dataset = load_voc(args.voc_root, args.split)

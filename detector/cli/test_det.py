@@ -27,28 +27,11 @@ ranks and rank 0 writes every file and prints.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from detector.cli.base import HelpFormatter, error_line, tool_main
-from detector.cli.common import (
-    add_dataset_arguments,
-    dataset_from_args,
-    dataset_root_from_args,
-    process_group,
-    setup_logging,
-)
-from detector.config import FEATURE_PATHS, config_from_dict
-from detector.core import distributed
-from detector.core.paths import cache_root
-from detector.core.runtime import keep_freed_memory
-from detector.engine.compare import compare_result_dirs
-from detector.engine.test import PR_CURVES_PNG, test_detector
-from detector.evaluation.voc_eval import EVAL_METRICS_FILE, PR_CURVES_FILE, evaluate_result_dir, format_ap_table
-from detector.model.detector import load_model, read_model_file
-from detector.visualization.plots import plot_pr_curves
+from detector.cli.arguments import add_dataset_arguments
+from detector.cli.base import HelpFormatter, elastic_record, tool_main
+from detector.config import FEATURE_PATHS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--show-errors", action="store_true",
                         help="with --show-dir: draw the N images with the most false positives plus missed objects, "
                              "worst first (file names start with their rank), instead of the first N")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="with --eval-only: evaluate a folder whose run.json says its run is incomplete "
+                             "(refused otherwise)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.eval_only is not None:
@@ -121,54 +107,83 @@ def model_overrides(args: argparse.Namespace) -> dict:
     return {key: value for key, value in overrides.items() if value is not None}
 
 
-@record  # under torchrun, a failing rank's traceback is in the agent's report
+def evaluate_only(args: argparse.Namespace) -> None:
+    """``--eval-only DIR [--compare DIR2]``: evaluate result files, print the table (and the comparison)."""
+    import json
+
+    from detector.analysis.compare import compare_result_dirs
+    from detector.core.folders import EVAL_METRICS_FILE, PR_CURVES_FILE, PR_CURVES_PNG
+    from detector.evaluation.voc_eval import evaluate_result_dir, format_ap_table
+    from detector.visualization.plots import plot_pr_curves
+
+    metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,
+                                  use_07_metric=args.metric == "voc07", metrics_file=EVAL_METRICS_FILE,
+                                  allow_incomplete=args.allow_incomplete)
+    curves = json.loads((args.eval_only / PR_CURVES_FILE).read_text())
+    plot_pr_curves(curves, args.eval_only / PR_CURVES_PNG, f"{args.split} ({metrics['num_images']} images)")
+    if not metrics["complete"]:
+        print(f"{args.eval_only} is INCOMPLETE (its run did not finish): evaluated anyway, as "
+              "--allow-incomplete asks")
+    print(format_ap_table(metrics))
+    print(f"wrote {args.eval_only / PR_CURVES_PNG}")
+    if args.compare is None:
+        return
+    classes, compared = compare_result_dirs(args.voc_root, args.split, args.eval_only, args.compare,
+                                            args.classes, args.metric == "voc07", args.resamples,
+                                            allow_incomplete=args.allow_incomplete)
+    print(f"{args.eval_only} minus {args.compare}, mAP points over {metrics['num_images']} images: {compared.mAP}")
+    print("per class AP, with its 90% interval: " + ", ".join(
+        f"{name} {difference.short()}" for name, difference in zip(classes, compared.classes)
+        if difference.observed == difference.observed))
+    print(f"by the images alone, every class level: some class more than {args.class_margin:g} AP "
+          f"behind in {100 * compared.chance_some_class_below(args.class_margin):.0f}% of "
+          f"resamples; 95% keep every class above {compared.chance_worst_bound():+.1f}")
+
+
+def test_model(args: argparse.Namespace) -> None:
+    """``--model M --out DIR``: test a model on a split, print the table and the seconds per image."""
+    from detector.cli.common import dataset_from_args, dataset_root_from_args, process_group
+    from detector.config import config_from_dict
+    from detector.core import distributed
+    from detector.core.paths import cache_root
+    from detector.engine.test import test_detector
+    from detector.evaluation.voc_eval import format_ap_table
+    from detector.model.detector import load_model, read_model_file
+
+    overrides = model_overrides(args)
+    device = args.device
+    if device is None and distributed.env_world_size() > 1:  # the backend follows the model's device
+        device = config_from_dict(read_model_file(args.model)["config"]).device
+    with process_group(device):
+        model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)), overrides)
+        dataset = dataset_from_args(args, default_split="test", classes=model.classes)
+        if args.images is not None:
+            dataset = dataset.first(args.images)
+        if distributed.is_main():
+            scales = " ".join(map(str, model.test_scales))
+            print(f"testing {args.model} on {dataset.root} split {dataset.split!r} ({len(dataset.records)} "
+                  f"images), {model.config.test.scorer} scorer, scales {scales}", flush=True)
+        metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
+                                progress=not args.quiet, show_dir=args.show_dir, show=args.show,
+                                show_errors=args.show_errors)
+        if distributed.is_main():
+            print(format_ap_table(metrics))
+            print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
+
+
+@elastic_record  # under torchrun, a failing rank's traceback is in the agent's report
 @tool_main("test_det.py")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from detector.cli.common import setup_logging
+    from detector.core.runtime import keep_freed_memory
+
     setup_logging()
     keep_freed_memory()
-    try:
-        if args.eval_only is not None:
-            metrics = evaluate_result_dir(args.voc_root, args.split, args.eval_only, args.classes,
-                                          use_07_metric=args.metric == "voc07", metrics_file=EVAL_METRICS_FILE)
-            curves = json.loads((args.eval_only / PR_CURVES_FILE).read_text())
-            plot_pr_curves(curves, args.eval_only / PR_CURVES_PNG, f"{args.split} ({metrics['num_images']} images)")
-            print(format_ap_table(metrics))
-            print(f"wrote {args.eval_only / PR_CURVES_PNG}")
-            if args.compare is not None:
-                classes, compared = compare_result_dirs(args.voc_root, args.split, args.eval_only, args.compare,
-                                                        args.classes, args.metric == "voc07", args.resamples)
-                print(f"{args.eval_only} minus {args.compare}, mAP points over {metrics['num_images']} images: "
-                      f"{compared.mAP}")
-                print("per class AP, with its 90% interval: " + ", ".join(
-                    f"{name} {difference.short()}" for name, difference in zip(classes, compared.classes)
-                    if difference.observed == difference.observed))
-                print(f"by the images alone, every class level: some class more than {args.class_margin:g} AP "
-                      f"behind in {100 * compared.chance_some_class_below(args.class_margin):.0f}% of "
-                      f"resamples; 95% keep every class above {compared.chance_worst_bound():+.1f}")
-            return
-        overrides = model_overrides(args)
-        device = args.device
-        if device is None and distributed.env_world_size() > 1:  # the backend follows the model's device
-            device = config_from_dict(read_model_file(args.model)["config"]).device
-        with process_group(device):
-            model = load_model(args.model, args.device, cache_root(dataset_root_from_args(args)), overrides)
-            dataset = dataset_from_args(args, default_split="test", classes=model.classes)
-            if args.images is not None:
-                dataset = dataset.first(args.images)
-            if distributed.is_main():
-                scales = " ".join(map(str, model.test_scales))
-                print(f"testing {args.model} on {dataset.root} split {dataset.split!r} ({len(dataset.records)} "
-                      f"images), {model.config.test.scorer} scorer, scales {scales}", flush=True)
-            metrics = test_detector(model, dataset, args.out, use_07_metric=args.metric == "voc07",
-                                    progress=not args.quiet, show_dir=args.show_dir, show=args.show,
-                                    show_errors=args.show_errors)
-            if distributed.is_main():
-                print(format_ap_table(metrics))
-                print("seconds per image: "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
-    except (ValueError, OSError) as error:  # bad input, unwritable or full disk: the message names the file
-        raise SystemExit(f"test_det.py: {error_line(error)}") from error
+    if args.eval_only is not None:
+        evaluate_only(args)
+    else:
+        test_model(args)
 
 
 if __name__ == "__main__":

@@ -8,25 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from detector.cli.base import HelpFormatter, error_line, tool_main
-from detector.cli.common import (
-    add_config_arguments,
-    add_dataset_arguments,
-    config_from_args,
-    dataset_from_args,
-    process_group,
-    setup_logging,
-)
-from detector.core import distributed
-from detector.core.runtime import keep_freed_memory
-from detector.engine.train import STOP_AFTER, train_detector
+from detector.cli.arguments import add_config_arguments, add_dataset_arguments
+from detector.cli.base import HelpFormatter, elastic_record, tool_main
+from detector.config import STOP_AFTER
 
 
-@record  # under torchrun, a failing rank's traceback is in the agent's report
-@tool_main("train_det.py")
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_dataset_arguments(parser, default_split="train")
     add_config_arguments(parser)
@@ -46,19 +33,28 @@ def main(argv: list[str] | None = None) -> None:
     policy.add_argument("--force", action="store_true",
                         help="retrain every stage whatever is in --out (the image caches are still used)")
     args = parser.parse_args(argv)
-    setup_logging()
-    keep_freed_memory()
     if args.proposals is not None:
         args.set = [*args.set, f"proposals.source={Path(args.proposals).resolve()}"]
+    return args
+
+
+@elastic_record  # under torchrun, a failing rank's traceback is in the agent's report
+@tool_main("train_det.py")
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from detector.cli.common import config_from_args, dataset_from_args, process_group, setup_logging
+    from detector.core import distributed
+    from detector.core.runtime import keep_freed_memory
+    from detector.engine.train import train_detector
+
+    setup_logging()
+    keep_freed_memory()
     config = config_from_args(args)
     dataset = dataset_from_args(args, default_split="train")
     with process_group(config.device):
-        try:
-            model_path = train_detector(dataset, config, args.out, progress=not args.quiet,
-                                        policy="resume" if args.resume else "force" if args.force else "auto",
-                                        stop_after=args.stop_after)
-        except (ValueError, OSError) as error:  # bad input, unwritable path: the message names the value or file
-            raise SystemExit(f"train_det.py: {error_line(error)}") from error
+        model_path = train_detector(dataset, config, args.out, progress=not args.quiet,
+                                    policy="resume" if args.resume else "force" if args.force else "auto",
+                                    stop_after=args.stop_after)
         if distributed.is_main():
             print(f"wrote {model_path}")
 

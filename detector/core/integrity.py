@@ -1,7 +1,7 @@
 """Checksums of saved states, and the one reader that refuses a file failing them.
 
 ``model.pt``, ``finetune.pt`` and ``classifiers.pt`` are ``torch.save``d dicts.  ``seal`` makes a
-state plain (numpy arrays become tensors, numpy scalars Python numbers: ``plain``) and adds a
+state plain (numpy arrays become tensors, numpy scalars Python numbers: ``plain_values``) and adds a
 ``"checksum"`` entry: the SHA-256 of every value of the state in a canonical order (dict keys
 sorted by their ``str``, lists in order, tensors and arrays as dtype, shape and raw bytes,
 scalars and strings by ``repr``).  ``load_checked`` reads a file and recomputes it: a file that
@@ -65,7 +65,7 @@ def _update(digest: "hashlib._Hash", value: Any) -> None:
         digest.update(f"S{value!r}".encode())
 
 
-def plain(value: Any) -> Any:
+def plain_values(value: Any) -> Any:
     """``value`` with every numpy array as a tensor and every numpy scalar as a Python number, so
     that ``torch.load(weights_only=True)`` reads it back with no allow-listed global; containers
     keep their type."""
@@ -79,14 +79,14 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Mapping):  # dict, OrderedDict, Counter (a scheduler's milestones)
-        items = {key: plain(item) for key, item in value.items()}
+        items = {key: plain_values(item) for key, item in value.items()}
         return items if type(value) is dict else type(value)(items)
     if isinstance(value, (list, tuple)):
-        return type(value)(plain(item) for item in value)
+        return type(value)(plain_values(item) for item in value)
     return value
 
 
-def arrays(state: Mapping[str, Any]) -> dict[str, Any]:
+def tensors_as_arrays(state: Mapping[str, Any]) -> dict[str, Any]:
     """``state`` (a part's ``state_dict`` as read back) with its tensors as numpy arrays."""
     import torch
 
@@ -142,8 +142,8 @@ def state_digest(state: Mapping[str, Any]) -> str:
 
 
 def seal(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain copy of ``state`` (``plain``) with its ``checksum`` entry."""
-    state = plain(dict(state))
+    """A plain copy of ``state`` (``plain_values``) with its ``checksum`` entry."""
+    state = plain_values(dict(state))
     return {**state, CHECKSUM_KEY: state_digest(state)}
 
 
@@ -246,7 +246,7 @@ def convert_file(source: str | Path, target: str | Path, trusted: Sequence[str] 
         raise StateFileError(f"{source} is not a state file of this project (it holds a {type(state).__name__})")
     if CHECKSUM_KEY in state and state_digest(state) != state[CHECKSUM_KEY]:
         raise StateFileError(f"{source} fails its checksum (the file is corrupt); it was not converted")
-    converted = seal(state) if CHECKSUM_KEY in state else plain(state)
+    converted = seal(state) if CHECKSUM_KEY in state else plain_values(state)
     save_checkpoint(target, converted)
     read_state(target)  # what was written loads without running code
     return list(needed)

@@ -8,10 +8,16 @@ write; ``differences`` names every key that does not, for the log line and the r
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from detector.core.images import image_digest
+from detector.core.windows import ImageWindows
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +26,7 @@ class StageRefused(ValueError):
     """``--resume`` found a stage file made with other settings or inputs: the run stops, changing nothing."""
 
 
-def make_record(settings: Mapping[str, Any], classes: list[str], trunk: str,
+def make_provenance(settings: Mapping[str, Any], classes: list[str], trunk: str,
                 inputs: Mapping[str, str]) -> dict[str, Any]:
     """A provenance record, JSON-normalised (tuples as lists) so that saved and new ones compare equal."""
     return json.loads(json.dumps({"settings": dict(settings), "classes": list(classes), "trunk": trunk,
@@ -65,3 +71,15 @@ def reusable_state(path: Path, read: Callable[[Path], dict[str, Any]], record: M
                          f"another --out, or rerun without --resume to redo the {what}")
     log.warning("%s: %s was made with other settings or inputs (%s); doing it again", what, path, "; ".join(changed))
     return None
+
+
+def training_data_digest(train: Sequence[ImageWindows]) -> str:
+    """Digest of the training images' ids, bytes (``image_digest``), GT boxes, labels and flags: the
+    training data every training stage's record names (fine-tuning's and the classifiers')."""
+    digest = hashlib.sha256()
+    for windows in train:
+        record = windows.record
+        digest.update(f"{record.image_id}\0{image_digest(record.path)}\0".encode())
+        for array in (record.boxes, record.labels, record.difficult):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:32]

@@ -87,7 +87,7 @@ def release_freed_memory() -> None:
     Kept memory (:func:`keep_freed_memory`) saves page faults within a stage, but images of
     different sizes leave holes that only grow: on VOC dev_train the conv-map stage ended with
     4.9 GB resident, all of it carried into fine-tuning.  The long loops go through
-    :func:`trimming` and the training stages call this at their ends: one pass's worth of page
+    :func:`releasing_freed_memory` and the training stages call this at their ends: one pass's worth of page
     faults each time.
     """
     libc = _glibc()
@@ -95,7 +95,7 @@ def release_freed_memory() -> None:
         libc.malloc_trim(ctypes.c_size_t(0))
 
 
-def trimming(items: Iterable[T], every: int = 100) -> Iterator[T]:
+def releasing_freed_memory(items: Iterable[T], every: int = 100) -> Iterator[T]:
     """Yield ``items``, handing the freed heap back (:func:`release_freed_memory`) every ``every``."""
     for index, item in enumerate(items):
         if index and index % every == 0:

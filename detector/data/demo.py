@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from detector.data.voc import write_voc_annotation
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEMO_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 DEMO_VERSION = 1
@@ -332,7 +332,7 @@ def make_demo_dataset(root: Path | None = None, n_train: int = 240, n_test: int 
         raise ValueError(f"demo dataset needs images in both splits, got n_train={n_train}, n_test={n_test}")
     root = Path(root).expanduser() if root is not None else default_demo_root()
     if _is_complete(root, n_train, n_test, seed):
-        logger.info("reusing demo dataset %s", root)
+        log.info("reusing demo dataset %s", root)
         return root
     ours = (_read_manifest(root) or {}).get("format") == _FORMAT
     if root.exists() and not (root.is_dir() and (ours or not any(root.iterdir()))):
@@ -358,5 +358,5 @@ def make_demo_dataset(root: Path | None = None, n_train: int = 240, n_test: int 
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    logger.info("built demo dataset %s in %.1f s: %s", root, time.perf_counter() - started, counts)
+    log.info("built demo dataset %s in %.1f s: %s", root, time.perf_counter() - started, counts)
     return root

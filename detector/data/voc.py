@@ -23,7 +23,7 @@ Decisions:
   A missing or zero ``<size>`` is simply filled from the header.
 - The image file is looked up case-insensitively in ``JPEGImages``: first the XML
   ``<filename>`` (its base name) when its stem is the id, then ``<id>`` with each of
-  ``IMAGE_EXTENSIONS``, then the XML ``<filename>`` whatever its stem.  The id wins over a
+  ``IMAGE_SUFFIXES``, then the XML ``<filename>`` whatever its stem.  The id wins over a
   ``<filename>`` naming another image, so a copy-pasted XML cannot attach boxes to the
   wrong picture while a matching image exists.
 - Coordinates may be fractional (some tools write them); VOC's 1-based inclusive boxes are
@@ -51,14 +51,13 @@ import numpy as np
 from tqdm import tqdm
 
 from detector.core.boxes import boxes_to_voc, clip_boxes, voc_to_boxes
-from detector.core.images import ImageReadError, image_size, unusable_shape
+from detector.core.images import IMAGE_SUFFIXES, ImageReadError, image_size, unusable_shape
 from detector.core.io import write_bytes_atomic
 from detector.core.paths import check_name
 from detector.core.records import ImageRecord
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_LOGGED_PROBLEMS = 20
 _COORDINATES = ("xmin", "ymin", "xmax", "ymax")
 
@@ -146,10 +145,10 @@ def read_split_ids(root: str | Path, split: str) -> list[str]:
         try:
             check_name(tokens[0], f"split file {path}: image id")
         except ValueError as error:
-            logger.warning("%s; skipped", error)
+            log.warning("%s; skipped", error)
             continue
         if tokens[0] in seen:
-            logger.warning("split file %s lists id %s more than once; using it once", path, tokens[0])
+            log.warning("split file %s lists id %s more than once; using it once", path, tokens[0])
             continue
         seen.add(tokens[0])
         ids.append(tokens[0])
@@ -250,7 +249,7 @@ def discover_classes(root: str | Path, ids: Iterable[str]) -> list[str]:
         try:
             annotations.append(parse_annotation(Path(root) / "Annotations" / f"{image_id}.xml"))
         except AnnotationError as error:
-            logger.debug("skipped while discovering classes: %s", error)
+            log.debug("skipped while discovering classes: %s", error)
     return _class_names(annotations)
 
 
@@ -265,7 +264,7 @@ def _image_index(image_dir: Path) -> dict[str, str]:
 
 def _find_image(index: Mapping[str, str], image_id: str, xml_filename: str | None) -> str | None:
     """File name of an id's image in ``JPEGImages`` (see the module notes for the order)."""
-    candidates = [f"{image_id}{ext}" for ext in IMAGE_EXTENSIONS]
+    candidates = [f"{image_id}{ext}" for ext in IMAGE_SUFFIXES]
     if xml_filename:
         base = PurePosixPath(xml_filename.replace("\\", "/")).name
         if PurePosixPath(base).stem.lower() == image_id.lower():
@@ -309,7 +308,7 @@ def _record(
     xml_path = root / "Annotations" / f"{image_id}.xml"
     name = _find_image(image_names, image_id, annotation.filename)
     if name is None:
-        shown = f"{image_id}{{{','.join(IMAGE_EXTENSIONS)}}}"
+        shown = f"{image_id}{{{','.join(IMAGE_SUFFIXES)}}}"
         if annotation.filename:
             shown += f" or {annotation.filename}"
         problems.append(f"{xml_path}: image {root / 'JPEGImages' / shown} not found; image skipped")
@@ -346,9 +345,9 @@ def _record(
 def _report(problems: Sequence[str], split: str) -> None:
     """Log the first problems as warnings and a count of the rest."""
     for problem in problems[:MAX_LOGGED_PROBLEMS]:
-        logger.warning("%s", problem)
+        log.warning("%s", problem)
     if len(problems) > MAX_LOGGED_PROBLEMS:
-        logger.warning(
+        log.warning(
             "... and %d more problems in split %s (all are in VOCDataset.problems)",
             len(problems) - MAX_LOGGED_PROBLEMS,
             split,
@@ -413,7 +412,7 @@ def load_voc(root: str | Path, split: str, classes: Sequence[str] | None = None)
         )
     if not class_list:
         raise ValueError(f"no object in any annotation of split {split} of {root}, so no classes")
-    logger.info(
+    log.info(
         "VOC %s/%s: %d images, %d objects, %d classes, %d problems",
         root, split, len(records), sum(len(r.boxes) for r in records), len(class_list), len(problems),
     )

@@ -18,13 +18,12 @@ import numpy as np
 
 from detector.core.boxes import iou_matrix
 from detector.core.detections import Detections
+from detector.core.folders import METRICS_FILE, RESULT_OUTPUTS, begin_run, check_complete, finish_run
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
-from detector.engine.record import begin_result_folder, finish_result_folder
 from detector.engine.test import write_pr_curves
 from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import (
-    METRICS_FILE,
     read_classes_file,
     read_result_files,
     result_prefix,
@@ -168,28 +167,31 @@ def check_distinct_folders(result_dirs: Sequence[Path], out_dir: Path) -> None:
 
 def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path], out_dir: Path,
                          nms_iou: float = 0.3, max_per_image: int = 100,
-                         use_07_metric: bool = True) -> dict:
+                         use_07_metric: bool = True, allow_incomplete: bool = False) -> dict:
     """Merge result folders, write the merged result files, metrics.json and the precision-recall
     curves (pr_curves.json, pr_curves.png); return the metrics
-    of the merge with ``"inputs"``: the mAP of each input folder."""
+    of the merge with ``"inputs"``: the mAP of each input folder, and ``"incomplete_inputs"``: the
+    folders read although their run was incomplete (refused unless ``allow_incomplete``)."""
     if len(result_dirs) < 2:
         raise ValueError("give at least two result folders to combine")
     check_distinct_folders(result_dirs, out_dir)
+    incomplete = [str(d) for d in result_dirs if not check_complete(d, allow_incomplete)]
     check_same_origin(result_dirs, split, voc_root)
     classes = check_same_classes(result_dirs, split)
     dataset = load_voc(voc_root, split, classes)
     ids = [r.image_id for r in dataset.records]
-    sets = [read_result_files(d, split, classes, image_ids=ids) for d in result_dirs]
+    sets = [read_result_files(d, split, classes, image_ids=ids, allow_incomplete=allow_incomplete)
+            for d in result_dirs]
     inputs = {str(d): _evaluator(dataset.records, s, classes, use_07_metric).evaluate()["mAP"]
               for d, s in zip(result_dirs, sets)}
     merged = cap_per_image({c: merge_detections([s[c] for s in sets], nms_iou) for c in classes},
                            max_per_image)
-    begin_result_folder(out_dir, {"merged": [str(Path(d).resolve()) for d in result_dirs]})
+    begin_run(out_dir, {"merged": [str(Path(d).resolve()) for d in result_dirs]}, RESULT_OUTPUTS)
     write_result_files(out_dir, split, merged, classes)
     write_classes_file(out_dir, classes, split, voc_root)
     evaluator = _evaluator(dataset.records, merged, classes, use_07_metric)
-    metrics = {"split": split, **evaluator.evaluate(), "inputs": inputs}
+    metrics = {"split": split, **evaluator.evaluate(), "inputs": inputs, "incomplete_inputs": incomplete}
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"merge of {len(result_dirs)} models, {split}")
-    finish_result_folder(out_dir)
+    finish_run(out_dir)
     return metrics

@@ -26,7 +26,7 @@ import torch
 
 from detector.config import Config, stage_settings
 from detector.core.integrity import load_checked
-from detector.core.provenance import make_record, reusable_state
+from detector.core.provenance import make_provenance, reusable_state
 from detector.features.backbones import BACKBONES, Backbone
 from svm.mining import MINING_VERSION
 
@@ -36,10 +36,10 @@ POLICIES = ("auto", "resume", "force")
 CLASSIFIERS_REMEDY = "delete it (or run with --force) to train the SVMs and box regressors again"
 
 
-def classifiers_record(config: Config, classes: list[str], trunk: str, data_digest: str,
+def classifiers_provenance(config: Config, classes: list[str], trunk: str, data_digest: str,
                        finetune_checksum: str) -> dict[str, Any]:
     """The provenance record of ``classifiers.pt`` made from these inputs."""
-    return make_record(stage_settings(config, "classifiers"), classes, trunk,
+    return make_provenance(stage_settings(config, "classifiers"), classes, trunk,
                        {"training_data": data_digest, "finetune.pt": finetune_checksum,
                         "svm.mining": MINING_VERSION})
 
@@ -51,10 +51,10 @@ def read_classifiers(path: Path) -> dict[str, Any]:
                         unsealed_ok=lambda s: {"svm", "regressor"} <= set(s) and "stage" not in s)
 
 
-def reusable_classifiers(path: Path, record: dict[str, Any], policy: str) -> dict[str, Any] | None:
-    """The checked state of ``classifiers.pt`` when its record equals ``record``, else None
+def reusable_classifiers(path: Path, provenance: dict[str, Any], policy: str) -> dict[str, Any] | None:
+    """The checked state of ``classifiers.pt`` when its record equals ``provenance``, else None
     (``detector.core.provenance.reusable_state``)."""
-    return reusable_state(path, read_classifiers, record, policy, "SVMs and box regressors")
+    return reusable_state(path, read_classifiers, provenance, policy, "SVMs and box regressors")
 
 
 def check_writable(folders: Iterable[Path]) -> None:

@@ -19,17 +19,25 @@ from tqdm import tqdm
 
 from detector.core import distributed
 from detector.core.detections import ImageDetections
+from detector.core.folders import (
+    COCO_FILE,
+    METRICS_FILE,
+    PR_CURVES_FILE,
+    PR_CURVES_PNG,
+    RESULT_OUTPUTS,
+    begin_run,
+    finish_run,
+)
 from detector.core.interrupt import set_stage
 from detector.core.io import write_json_atomic
-from detector.core.runtime import trimming
+from detector.core.runtime import releasing_freed_memory
 from detector.core.timing import StageTimer
 from detector.data.voc import VOCDataset
-from detector.engine.record import begin_result_folder, finish_result_folder
 from detector.engine.show import KeepForShow, draw_test_images
 from detector.engine.stages import check_writable
 from detector.evaluation.coco_eval import detections_to_coco_json
 from detector.evaluation.evaluator import VOCEvaluator
-from detector.evaluation.voc_eval import PR_CURVES_FILE, write_classes_file, write_pr_curves_json, write_result_files
+from detector.evaluation.voc_eval import write_classes_file, write_pr_curves_json, write_result_files
 from detector.inference.detect import detect
 from detector.inference.predictor import default_score_threshold
 from detector.model.detector import DetectorModel
@@ -37,9 +45,6 @@ from detector.visualization.plots import plot_pr_curves
 from proposals.external import load_proposals
 
 log = logging.getLogger(__name__)
-
-PR_CURVES_PNG = "pr_curves.png"
-
 
 def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvaluator | KeepForShow,
                  progress: bool = True) -> StageTimer:
@@ -60,7 +65,7 @@ def run_detector(model: DetectorModel, dataset: VOCDataset, evaluator: VOCEvalua
     set_stage("detecting")
     mine = distributed.shard(list(enumerate(dataset.records)))
     bar = tqdm(mine, desc="detecting", disable=not progress or not distributed.is_main(), unit="img")
-    for index, record in trimming(bar):
+    for index, record in releasing_freed_memory(bar):
         if record.image_id not in proposals:
             continue
         try:
@@ -96,7 +101,7 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     check_writable([out_dir] + ([show_dir] if show_dir is not None else []))
     made_by = {"model": model.source or {"path": None, "checksum": None}}
     if distributed.is_main():
-        begin_result_folder(out_dir, made_by)
+        begin_run(out_dir, made_by, RESULT_OUTPUTS)
         write_classes_file(out_dir, model.classes, dataset.split, dataset.root)
     evaluator = VOCEvaluator(model.classes, use_07_metric)
     keeper = KeepForShow(evaluator, show if show_dir is not None else 0,
@@ -107,18 +112,18 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     set_stage("writing results")
     detection_set = evaluator.detection_set()
     write_result_files(out_dir, dataset.split, detection_set, model.classes)
-    write_json_atomic(out_dir / "detections_coco.json",
+    write_json_atomic(out_dir / COCO_FILE,
                detections_to_coco_json(detection_set, dataset.records, model.classes))
     metrics = evaluator.evaluate()
     metrics["seconds_per_image"] = timer.per_image()
     metrics.update({"split": dataset.split, "dataset": str(dataset.root), "classes": list(model.classes),
                     "skipped_images": timer.skipped + dataset.skipped, **made_by})
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"{dataset.split} ({len(dataset.records)} images)")
     if show_dir is not None:
         draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir,
                          ranked=show_errors)
-    finish_result_folder(out_dir)
+    finish_run(out_dir)
     return distributed.broadcast_from_main(metrics)
 
 

@@ -19,7 +19,7 @@ the same arguments.  Proposals and conv maps: each rank computes its shard of th
 the shared caches, then all read them.  Fine-tuning: DistributedDataParallel on the same total
 mini-batch (``detector.head.finetune``).  SVMs and box regressors: the fc7 features are computed
 by all ranks together and every rank mines the same stream (``train_classifiers``).  Rank 0 alone
-writes the run's files (record, checkpoints, ``classifiers.pt``, ``model.pt``, summary).
+writes the run's files (run log, checkpoints, ``classifiers.pt``, ``model.pt``, summary).
 """
 from __future__ import annotations
 
@@ -33,38 +33,41 @@ import torch
 
 from bbox_regression.ridge import BoxRegressor, BoxRegressorTrainer
 from bbox_regression.training_pairs import select_training_pairs
-from detector.config import Config
+from detector.config import STOP_AFTER, Config
 from detector.core import distributed
 from detector.core.boxes import flip_boxes
+from detector.core.folders import CLASSIFIERS_FILE, FINETUNE_FILE, MODEL_FILE, SUMMARY_FILE
 from detector.core.integrity import seal
-from detector.core.io import save_checkpoint, write_json_atomic
 from detector.core.interrupt import set_stage
+from detector.core.io import save_checkpoint, write_json_atomic
 from detector.core.paths import cache_root
+from detector.core.provenance import training_data_digest
 from detector.core.records import ImageRecord
 from detector.core.runtime import (
     check_device,
     mapping_large_blocks,
     peak_rss_mib,
     release_freed_memory,
-    trimming,
+    releasing_freed_memory,
 )
 from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows, build_windows
 from detector.data.voc import VOCDataset
-from detector.engine.record import TrainingRecord
+from detector.engine.run_log import RunLog
 from detector.engine.stages import (
     POLICIES,
     check_backbone_name,
     check_scales,
     check_writable,
-    classifiers_record,
+    classifiers_provenance,
     reusable_classifiers,
 )
 from detector.features.convmaps import backbone_fingerprint
 from detector.features.rcnn import RCNNFeatures
-from detector.head.finetune import PoolingContext, finetune, training_data_digest
-from detector.inference.detect import WindowFeatures, window_features
+from detector.head.finetune import finetune
+from detector.head.window_bank import PoolingContext
 from detector.model.detector import DetectorModel, build_detector, save_model
+from detector.model.features import WindowFeatures, window_features
 from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
 from svm.features import FeatureReplay, ImageFeatures
@@ -164,86 +167,94 @@ def mine_classifiers(model: DetectorModel, train: Sequence[ImageWindows], progre
     the same features: ``choose_svm_c.py --grid``; the box regressors are fed by the recording call
     only, and every pass reads the features rounded to float16)."""
     config = model.config
-    scales = svm_scales(config)
-    rng = np.random.default_rng(config.seed)
-    scale = svm_feature_scale(model, train, rng)
-    regression = BoxRegressorTrainer(config.bbox, model.classes)
-    passes_started = 0
+    scale = svm_feature_scale(model, train, np.random.default_rng(config.seed))
+    stream = ClassifierStream(model, train, BoxRegressorTrainer(config.bbox, model.classes), replay)
+    miner = HardNegativeMiner(len(model.classes), scale, config.svm, model.classes, on_retrain)
+    svm = train_svms(lambda: SizedPass(stream.one_pass, len(train)), len(model.classes), scale, config.svm,
+                     progress=progress and distributed.is_main(), miner=miner,
+                     positives=lambda: SizedPass(stream.positives_pass, len(stream.with_gt)))
+    return svm, stream.regression, svm.training_stats or {}, miner
 
-    def one_image(windows: ImageWindows, feed_regression: bool) -> tuple[ImageFeatures, tuple | None] | None:
+
+class ClassifierStream:
+    """The features the SVM stage reads, image by image: every window's (negatives, in passes), the
+    positives' (a pass of their own) and, in the first pass, the box regressors' training pairs
+    (``mine_classifiers``)."""
+
+    def __init__(self, model: DetectorModel, train: Sequence[ImageWindows], regression: BoxRegressorTrainer,
+                 replay: FeatureReplay | None) -> None:
+        self.model, self.train, self.regression, self.replay = model, train, regression, replay
+        self.config = model.config
+        self.scales = svm_scales(self.config)
+        self.passes_started = 0
+        flips = (False, True) if self.config.svm.flip_positives else (False,)
+        self.with_gt = [(w, flip) for w in train if len(w.record.boxes) for flip in flips]
+
+    def one_image(self, windows: ImageWindows, feed_regression: bool) -> tuple[ImageFeatures, tuple | None] | None:
         """One image's SVM features (and its regression pairs with their pooled features), or None."""
         record = windows.record
-        features = image_features(model, record, windows.boxes, "SVMs", scales=scales)
+        features = image_features(self.model, record, windows.boxes, "SVMs", scales=self.scales)
         if features is None:
             return None
         pairs = None
         if feed_regression:
             rows, _ = select_training_pairs(windows.boxes, record.boxes, record.labels)
             pairs = (rows, features.window_pooled(rows).numpy())
-        return ImageFeatures(record.image_id, features.window_svm_input(config.svm.features).float().numpy(),
+        return ImageFeatures(record.image_id, features.window_svm_input(self.config.svm.features).float().numpy(),
                              windows.boxes, record.boxes, record.labels, record.difficult), pairs
 
-    def one_pass() -> Iterator[ImageFeatures]:
-        if replay is None:
-            return computed_pass()
-        return replay.replay() if replay.complete else replay.record(computed_pass())
+    def one_pass(self) -> Iterator[ImageFeatures]:
+        """A pass over every image's windows (recorded once and replayed, with ``replay``)."""
+        if self.replay is None:
+            return self.computed_pass()
+        return self.replay.replay() if self.replay.complete else self.replay.record(self.computed_pass())
 
-    def computed_pass() -> Iterator[ImageFeatures]:
-        nonlocal passes_started
-        feed_regression = passes_started == 0
-        passes_started += 1
-        per_round = 4 if config.svm.features == "fc7" else 1  # pool5 rows are 16x wider than fc7's
-        stream = distributed.ordered_stream(train, lambda w: one_image(w, feed_regression), per_round=per_round)
-        for windows, result in trimming(stream):
+    def computed_pass(self) -> Iterator[ImageFeatures]:
+        """A pass computing every image's features; the first feeds the box regressors."""
+        feed_regression = self.passes_started == 0
+        self.passes_started += 1
+        per_round = 4 if self.config.svm.features == "fc7" else 1  # pool5 rows are 16x wider than fc7's
+        stream = distributed.ordered_stream(self.train, lambda w: self.one_image(w, feed_regression),
+                                            per_round=per_round)
+        for windows, result in releasing_freed_memory(stream):
             if result is None:
                 continue
             image, pairs = result
             if pairs is not None:
                 rows, pooled = pairs
-                regression.add(pooled, windows.boxes[rows], windows.record.boxes, windows.record.labels)
+                self.regression.add(pooled, windows.boxes[rows], windows.record.boxes, windows.record.labels)
             yield image
 
-    def one_image_positives(item: tuple[ImageWindows, bool]) -> ImageFeatures | None:
+    def one_image_positives(self, item: tuple[ImageWindows, bool]) -> ImageFeatures | None:
         """The SVM features of one image's positive windows alone (its GT boxes, and with
         ``svm.pos_iou`` < 1 the proposals that close to one; a fraction of its windows), or of its
         mirror image's (``svm.flip_positives``; id ``<id>_flip``), each row a "GT" row of its class."""
         windows, flip = item
         record = windows.record
-        rows = windows.near_gt(config.svm.pos_iou)
+        rows = windows.near_gt(self.config.svm.pos_iou)
         labels = windows.gt_labels[rows]
         boxes = np.concatenate([record.boxes, windows.boxes[rows]]).astype(np.float32)
         boxes = flip_boxes(boxes, record.width) if flip else boxes
-        features = image_features(model, record, boxes, "SVM positives", flip=flip, scales=scales)
+        features = image_features(self.model, record, boxes, "SVM positives", flip=flip, scales=self.scales)
         if features is None:
             return None
         return ImageFeatures(record.image_id + ("_flip" if flip else ""),
-                             features.window_svm_input(config.svm.features).float().numpy(), boxes, boxes,
+                             features.window_svm_input(self.config.svm.features).float().numpy(), boxes, boxes,
                              np.concatenate([record.labels, labels]),
                              np.concatenate([record.difficult, np.zeros(len(rows), dtype=bool)]))
 
-    flips = (False, True) if config.svm.flip_positives else (False,)
-    with_gt = [(w, flip) for w in train if len(w.record.boxes) for flip in flips]
-
-    def positives_pass() -> Iterator[ImageFeatures]:
-        for _, result in distributed.ordered_stream(with_gt, one_image_positives, per_round=16):
+    def positives_pass(self) -> Iterator[ImageFeatures]:
+        """A pass over the positives of every image with GT boxes."""
+        for _, result in distributed.ordered_stream(self.with_gt, self.one_image_positives, per_round=16):
             if result is not None:
                 yield result
-
-    miner = HardNegativeMiner(len(model.classes), scale, config.svm, model.classes, on_retrain)
-    svm = train_svms(lambda: SizedPass(one_pass, len(train)), len(model.classes), scale, config.svm,
-                     progress=progress and distributed.is_main(), miner=miner,
-                     positives=lambda: SizedPass(positives_pass, len(with_gt)))
-    return svm, regression, svm.training_stats or {}, miner
-
-
-STOP_AFTER = ("finetune",)  # stages a run may end after (``train_detector``'s ``stop_after``)
 
 
 def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool = True,
                    policy: str = "auto", stop_after: str | None = None) -> Path:
     """Run every training stage for ``dataset``; returns the path of the written ``model.pt``
     (``policy``: auto, resume or force, see ``detector.engine.stages``).  The run's config, log and
-    history are kept in ``out_dir`` (``detector.engine.record``).  ``stop_after="finetune"`` ends
+    history are kept in ``out_dir`` (``detector.engine.run_log``).  ``stop_after="finetune"`` ends
     after fine-tuning: the model has neither SVMs nor box regressors and scores with the fc8
     softmax (quick comparisons of fine-tuning settings)."""
     if stop_after is not None and stop_after not in STOP_AFTER:
@@ -257,12 +268,12 @@ def train_detector(dataset: VOCDataset, config: Config, out_dir: Path, progress:
     check_backbone_name(config.backbone)
     check_writable([out_dir, cache_root(dataset.root)])
     progress = progress and distributed.is_main()
-    with TrainingRecord(out_dir, config, dataset.classes, active=distributed.is_main()) as history:
+    with RunLog(out_dir, config, dataset.classes, active=distributed.is_main()) as history:
         return _train_stages(dataset, config, Path(out_dir), progress, policy, history, stop_after)
 
 
 def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool, policy: str,
-                  history: TrainingRecord, stop_after: str | None = None) -> Path:
+                  history: RunLog, stop_after: str | None = None) -> Path:
     """The stages of ``train_detector``, recording progress in ``history``."""
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
@@ -287,23 +298,10 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
 
     stage = time.perf_counter()
     set_stage("conv maps")
-    flips = (False, True) if config.sampling.flip else (False,)
     map_stats = {"bytes_per_image": 0.0}
     if config.feature_path == "spp":
-        map_stats = provider.precompute([w.record for w in train], config.scales, flips, progress,
-                                        desc="conv maps (train)")
-        log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
-                 map_stats["bytes_per_image"], len(config.scales), len(flips))
-        failed = set(map_stats.get("failed_ids", ()))
-        svm_only = tuple(s for s in svm_scales(config) if s not in config.scales)
-        if svm_only and stop_after != "finetune":  # svm.scales: maps the SVM stage alone reads
-            check_scales(backbone, svm_only)
-            svm_flips = (False, True) if config.svm.flip_positives else (False,)
-            extra = provider.precompute([w.record for w in train], svm_only, svm_flips, progress,
-                                        desc="conv maps (SVMs)")
-            failed |= set(extra.get("failed_ids", ()))
-        skipped["conv_maps"] = len(failed)
-        train = [w for w in train if w.record.image_id not in failed]
+        train, map_stats = _conv_map_stage(model, train, config, progress, stop_after)
+        skipped["conv_maps"] = map_stats["failed"]
         if not train:
             raise ValueError(f"no training image of {dataset.root} split {dataset.split} gave conv maps")
     end_stage("conv_maps", stage)
@@ -317,32 +315,32 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
         log.warning("finetune.iterations=0: the fc layers keep their random initialisation (this trunk has no "
                     "pretrained fc), so the SVMs and box regressors train on random features")
     finetune_stats = finetune(model.head, context, train, dataset.classes, config,
-                              out_dir / "finetune.pt", progress, policy, history.finetune)
+                              out_dir / FINETUNE_FILE, progress, policy, history.finetune)
     end_stage("finetune", stage)
 
-    classifiers_path = out_dir / "classifiers.pt"
+    classifiers_path = out_dir / CLASSIFIERS_FILE
     stage = time.perf_counter()
     set_stage("SVMs and box regressors")
-    record = None
+    provenance = None
     svm_stats: dict = {}
     if stop_after == "finetune":
         model.config = config = config.replace(**{"test.scorer": "softmax"})
         log.info("stopping after fine-tuning: no SVMs or box regressors; the model scores with the fc8 softmax")
     else:
-        record, svm_stats = _classifier_stage(model, train, dataset, config, classifiers_path, finetune_stats,
+        provenance, svm_stats = _classifier_stage(model, train, dataset, config, classifiers_path, finetune_stats,
                                               policy, progress, history, peak_rss)
     end_stage("svm_and_regression", stage)
-    model_path = out_dir / "model.pt"
+    model_path = out_dir / MODEL_FILE
     if not distributed.is_main():
         distributed.barrier()  # returns once rank 0 has written model.pt and the summary
         return model_path
     set_stage("writing the model")
-    save_model(model_path, model, stages={"finetune": finetune_stats.get("record"), "classifiers": record})
+    save_model(model_path, model, stages={"finetune": finetune_stats.get("provenance"), "classifiers": provenance})
     timings["total"] = time.perf_counter() - start
-    summary = {"images": len(train), "skipped_images": skipped, "classes": dataset.classes, "timings_s": timings, "peak_rss_mib_after": peak_rss,
-               "conv_map_bytes_per_image": map_stats["bytes_per_image"],
+    summary = {"images": len(train), "skipped_images": skipped, "classes": dataset.classes, "timings_s": timings,
+               "peak_rss_mib_after": peak_rss, "conv_map_bytes_per_image": map_stats["bytes_per_image"],
                "finetune": finetune_stats, "svm": svm_stats, "config": config.to_dict()}
-    write_json_atomic(out_dir / "train_summary.json", summary, allow_nan=True)  # a diverged loss is a finding
+    write_json_atomic(out_dir / SUMMARY_FILE, summary, allow_nan=True)  # a diverged loss is a finding
     for name, seconds in timings.items():
         peak = f"   peak RSS so far {peak_rss[name]:7.0f} MiB" if name in peak_rss else ""
         log.info("%20s: %8.1f s%s", name, seconds, peak)
@@ -350,15 +348,38 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
     return model_path
 
 
+def _conv_map_stage(model: DetectorModel, train: list[ImageWindows], config: Config, progress: bool,
+                    stop_after: str | None) -> tuple[list[ImageWindows], dict]:
+    """The conv maps of every training image at the training scales (both flips with
+    ``sampling.flip``) and, unless the run stops after fine-tuning, at the scales only the SVM stage
+    reads (``svm.scales``); returns the images whose maps were made and the map statistics (with
+    ``"failed"``: how many images gave none)."""
+    provider = model.conv_maps
+    flips = (False, True) if config.sampling.flip else (False,)
+    map_stats = provider.precompute([w.record for w in train], config.scales, flips, progress,
+                                    desc="conv maps (train)")
+    log.info("conv maps: %.0f bytes per image (%d scales x %d flips)",
+             map_stats["bytes_per_image"], len(config.scales), len(flips))
+    failed = set(map_stats.get("failed_ids", ()))
+    svm_only = tuple(s for s in svm_scales(config) if s not in config.scales)
+    if svm_only and stop_after != "finetune":  # svm.scales: maps the SVM stage alone reads
+        check_scales(model.backbone, svm_only)
+        svm_flips = (False, True) if config.svm.flip_positives else (False,)
+        extra = provider.precompute([w.record for w in train], svm_only, svm_flips, progress,
+                                    desc="conv maps (SVMs)")
+        failed |= set(extra.get("failed_ids", ()))
+    return [w for w in train if w.record.image_id not in failed], {**map_stats, "failed": len(failed)}
+
+
 def _classifier_stage(model: DetectorModel, train: Sequence[ImageWindows], dataset: VOCDataset, config: Config,
                       classifiers_path: Path, finetune_stats: dict, policy: str, progress: bool,
-                      history: TrainingRecord, peak_rss: dict) -> tuple[dict, dict]:
+                      history: RunLog, peak_rss: dict) -> tuple[dict, dict]:
     """The SVMs and box regressors into ``model`` (reused from ``classifiers_path`` when its record
-    matches, else trained and written); returns the stage record and the SVM statistics."""
+    matches, else trained and written); returns the stage's provenance and the SVM statistics."""
     backbone = model.backbone
-    record = classifiers_record(config, list(dataset.classes), backbone_fingerprint(backbone),
+    provenance = classifiers_provenance(config, list(dataset.classes), backbone_fingerprint(backbone),
                                 training_data_digest(train), finetune_stats["checksum"])
-    state = reusable_classifiers(classifiers_path, record, policy)
+    state = reusable_classifiers(classifiers_path, provenance, policy)
     if state is not None:
         model.svm = SVMModel.from_state_dict(state["svm"])
         model.regressor = BoxRegressor.from_state_dict(state["regressor"])
@@ -374,5 +395,5 @@ def _classifier_stage(model: DetectorModel, train: Sequence[ImageWindows], datas
         if distributed.is_main():  # every rank holds the same SVMs and regressors; one writes them
             save_checkpoint(classifiers_path, seal({"svm": model.svm.state_dict(),
                                                     "regressor": model.regressor.state_dict(),
-                                                    "stats": svm_stats, "stage": record}))
-    return record, svm_stats
+                                                    "stats": svm_stats, "stage": provenance}))
+    return provenance, svm_stats

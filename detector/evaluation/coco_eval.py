@@ -32,7 +32,7 @@ from pycocotools.cocoeval import COCOeval
 from detector.core.detections import DetectionSet, check_class_names
 from detector.core.records import ImageRecord
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 COCO_METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
 """Metric name -> index in ``COCOeval.stats`` (AR100: recall at 100 detections per image)."""
@@ -113,6 +113,6 @@ def coco_metrics(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    logger.debug("pycocotools output:\n%s", printed.getvalue())
+    log.debug("pycocotools output:\n%s", printed.getvalue())
     stats = evaluator.stats
     return {name: float(stats[i]) if stats[i] >= 0 else math.nan for name, i in COCO_METRICS.items()}

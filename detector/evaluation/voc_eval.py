@@ -48,17 +48,15 @@ import numpy as np
 
 from detector.core.boxes import boxes_to_voc, iou_matrix, voc_to_boxes
 from detector.core.detections import Detections, DetectionSet, check_class_names
+from detector.core.folders import CLASSES_FILE, METRICS_FILE, PR_CURVES_FILE, RUN_FILE, check_complete
 from detector.core.io import write_json_atomic, write_text_atomic
 from detector.core.paths import check_name
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
 from detector.evaluation.coco_eval import COCO_METRICS, coco_metrics
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-EVAL_METRICS_FILE = "metrics_eval.json"  # what --eval-only writes: the test run's metrics.json stays
-CLASSES_FILE = "classes.json"  # the class list, split and dataset the result files were made for
 
 
 def write_classes_file(result_dir: str | Path, classes: Sequence[str], split: str, dataset: str | Path) -> None:
@@ -292,7 +290,6 @@ def evaluate_detection_set(
     }
 
 
-PR_CURVES_FILE = "pr_curves.json"
 
 
 def pr_curves(
@@ -396,20 +393,26 @@ def read_result_files(
     split: str,
     classes: Sequence[str],
     image_ids: Collection[str] | None = None,
+    allow_incomplete: bool = False,
 ) -> dict[str, Detections]:
     """Read the devkit result files of ``classes`` into a detection set.
 
-    A class without a file gets no detections, and files of other classes are ignored (both
-    logged as warnings); a folder with no file of any class is refused (ValueError).  With ``image_ids``
-    (the split's ids), a line naming another image is a ValueError naming file and line.
+    A folder whose ``run.json`` says its run is incomplete is refused
+    (``detector.core.folders.IncompleteFolderError``) unless ``allow_incomplete``, which reads it
+    with a warning.  A class without a file gets no detections, and files of other classes are
+    ignored (both logged as warnings); a folder with no file of any class is refused (ValueError).
+    With ``image_ids`` (the split's ids), a line naming another image is a ValueError naming file
+    and line.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"result folder {out_dir} not found")
+    if not check_complete(out_dir, allow_incomplete):
+        log.warning("%s holds an incomplete run (%s); read anyway, as asked", out_dir, RUN_FILE)
     prefix = result_prefix(split)
     ignored = sorted(p.name for p in out_dir.glob(f"{prefix}*.txt") if p.stem[len(prefix):] not in classes)
     if ignored:
-        logger.warning("result files of classes outside the class list are ignored: %s", ignored)
+        log.warning("result files of classes outside the class list are ignored: %s", ignored)
     if not any(result_file(out_dir, split, name).is_file() for name in classes):
         others = sorted(p.name for p in out_dir.glob("comp4_det_*.txt"))
         raise ValueError(f"{out_dir} holds no result file {prefix}<class>.txt for any of the {len(classes)} "
@@ -421,7 +424,7 @@ def read_result_files(
     for name in classes:
         path = result_file(out_dir, split, name)
         if not path.is_file():
-            logger.warning("no result file %s: class %s has no detections", path, name)
+            log.warning("no result file %s: class %s has no detections", path, name)
             detection_set[name] = Detections.empty()
             continue
         detection_set[name] = _read_result_file(path, known)
@@ -437,7 +440,7 @@ def result_classes(result_dir: str | Path, split: str, classes: Sequence[str] | 
                          f"not {split!r}")
     if classes is None and recorded is not None:
         classes = recorded["classes"]
-        logger.info("classes from %s: %s", Path(result_dir) / CLASSES_FILE, classes)
+        log.info("classes from %s: %s", Path(result_dir) / CLASSES_FILE, classes)
     return classes
 
 
@@ -448,24 +451,28 @@ def evaluate_result_dir(
     classes: Sequence[str] | None = None,
     use_07_metric: bool = True,
     metrics_file: str = METRICS_FILE,
+    allow_incomplete: bool = False,
 ) -> dict:
     """Evaluate the devkit result files in ``result_dir`` against a VOC split's GT, write
-    ``result_dir/metrics_file`` (``evaluate_detection_set``'s dict plus ``"split"``, NaN as
-    null) and ``result_dir/pr_curves.json`` (``pr_curves``), and return the metrics.  ``classes``
-    defaults to the folder's ``classes.json`` (the list of the model that made the results), else
-    the dataset's classes."""
+    ``result_dir/metrics_file`` (``evaluate_detection_set``'s dict plus ``"split"`` and
+    ``"complete"``, NaN as null) and ``result_dir/pr_curves.json`` (``pr_curves``), and return the
+    metrics.  ``classes`` defaults to the folder's ``classes.json`` (the list of the model that made
+    the results), else the dataset's classes.  An incomplete folder is refused unless
+    ``allow_incomplete`` (``read_result_files``)."""
+    complete = check_complete(result_dir, allow_incomplete)
     dataset = load_voc(voc_root, split, result_classes(result_dir, split, classes))
     detection_set = read_result_files(
-        result_dir, split, dataset.classes, image_ids=[r.image_id for r in dataset.records]
+        result_dir, split, dataset.classes, image_ids=[r.image_id for r in dataset.records],
+        allow_incomplete=allow_incomplete,
     )
     voc = evaluate_detections(detection_set, dataset.records, dataset.classes, use_07_metric)
-    metrics = {"split": split, **evaluate_detection_set(detection_set, dataset.records, dataset.classes,
-                                                        use_07_metric, voc)}
+    metrics = {"split": split, "complete": complete,
+               **evaluate_detection_set(detection_set, dataset.records, dataset.classes, use_07_metric, voc)}
     path = Path(result_dir) / metrics_file
     write_json_atomic(path, metrics)
     write_pr_curves_json(Path(result_dir) / PR_CURVES_FILE,
                          curves_of(voc, use_07_metric))
-    logger.info("wrote %s (mAP %s)", path, metrics["mAP"])
+    log.info("wrote %s (mAP %s)", path, metrics["mAP"])
     return metrics
 
 

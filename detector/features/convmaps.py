@@ -39,7 +39,7 @@ from detector.core.images import image_digest, load_image
 from detector.core.io import save_atomic
 from detector.core.locks import item_lock
 from detector.core.records import ImageRecord
-from detector.core.runtime import trimming
+from detector.core.runtime import releasing_freed_memory
 from detector.core.timing import StageTimer
 from detector.features.backbones import Backbone, input_memory_format
 from detector.features.geometry import image_scale_factor
@@ -201,7 +201,7 @@ class ConvMapProvider:
         total_bytes = 0
         mine = distributed.shard(records)
         bar = tqdm(mine, desc=desc, disable=not progress or not distributed.is_main(), unit="img")
-        for record in trimming(bar):
+        for record in releasing_freed_memory(bar):
             try:
                 digest = image_digest(record.path)
                 missing = [(s, f) for f in flips for s in scales

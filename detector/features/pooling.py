@@ -54,9 +54,10 @@ def pool_cells(spp: SpatialPyramidPooling, maps: Sequence[ConvMap | None],
     return out
 
 
-def pool_windows(spp: SpatialPyramidPooling, geometry: TrunkGeometry, maps: Sequence[ConvMap | None],
-                 boxes: np.ndarray, scale_index: np.ndarray) -> torch.Tensor:
-    """Pyramid-pool each window from the map of its scale: N x (C * bins), float32."""
+def pool_boxes(spp: SpatialPyramidPooling, geometry: TrunkGeometry, maps: Sequence[ConvMap | None],
+               boxes: np.ndarray, scale_index: np.ndarray) -> torch.Tensor:
+    """Pyramid-pool each box (image pixels) from the map of its scale: N x (C * bins), float32.
+    (``SpatialPyramidPooling.pool_windows`` pools windows already given as cells of one map.)"""
     return pool_cells(spp, maps, window_cells(geometry, maps, boxes, scale_index))
 
 

@@ -1,6 +1,6 @@
 """R-CNN's feature path on the same trunk, head and windows: one trunk pass per window.
 
-It exists to measure SPP-net's speed-up honestly on this machine (``detector.benchmarks.modes``) and
+It exists to measure SPP-net's speed-up honestly on this machine (``detector.analysis.modes``) and
 to compare accuracy (``--mode rcnn``): only the way a window becomes a pooled feature changes,
 everything after it (fc head, SVMs, box regression, NMS) is shared with SPP mode.
 
@@ -161,7 +161,7 @@ class RCNNFeatures:
         """Pooled features (N x C * bins, float32) of windows of an RGB uint8 image.
 
         ``flip`` mirrors the image; ``boxes`` are in the coordinates of the image the trunk sees
-        (already mirrored when ``flip``), as for ``detector.features.pooling.pool_windows``.
+        (already mirrored when ``flip``), as for ``detector.features.pooling.pool_boxes``.
         """
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         out = torch.empty((len(boxes), self.spp.output_size(self.backbone.channels)),

@@ -36,7 +36,6 @@ nothing upstream needs gradients).
 """
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -44,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.core.runtime import mapping_large_blocks
 from detector.features.spp_kernel import pool_from_table
 
 # Memory budget (elements) of the block table: channels are split into groups beyond it.
@@ -293,52 +291,3 @@ def random_cells(count: int, height: int, width: int, max_side: int,
     x2 = torch.clamp(x1 + torch.randint(0, max_side, (count,), generator=generator), max=width - 1)
     y2 = torch.clamp(y1 + torch.randint(0, max_side, (count,), generator=generator), max=height - 1)
     return torch.stack([x1, y1, x2, y2], dim=1)
-
-
-def benchmark_pool_windows(channels: int = 112, height: int = 43, width: int = 57,
-                           windows: int = 2000, max_side: int = 30, repeats: int = 3,
-                           levels: Sequence[int] = (6, 3, 2, 1), seed: int = 0) -> dict[str, float]:
-    """Median wall-clock seconds of four ways to pool ``windows`` random windows of one map.
-
-    ``naive``: the float64 loop over bins (``naive_pool_windows``); ``per_window``: a Python
-    loop calling ``forward`` on each window's crop; ``roi_pool``: torchvision's
-    ``roi_pool`` per level; ``pool_windows``: the layer's table path, in the caller's allocator
-    settings (the tools keep freed memory, :func:`detector.core.runtime.keep_freed_memory`);
-    ``pool_windows_fresh_pages``: the same with every large block freshly mapped, so the
-    result's first-touch page faults are paid on every call.  The map is float16, as read from
-    the conv-map cache.  All results are checked equal.
-    """
-    from torchvision.ops import roi_pool
-
-    def fresh_pages() -> torch.Tensor:
-        with mapping_large_blocks():
-            return spp.pool_windows(fmap, cells)
-
-    generator = torch.Generator().manual_seed(seed)
-    fmap = torch.randn((channels, height, width), generator=generator).half()
-    cells = random_cells(windows, height, width, max_side, generator)
-    spp = SpatialPyramidPooling(levels)
-    full = fmap.float()[None]
-    rois = torch.cat([torch.zeros((windows, 1)), cells.float()], dim=1)
-    methods = {
-        "naive": lambda: naive_pool_windows(fmap, cells, levels).float(),
-        "per_window": lambda: torch.cat([spp(full[:, :, y1:y2 + 1, x1:x2 + 1])
-                                         for x1, y1, x2, y2 in cells.tolist()]),
-        "roi_pool": lambda: torch.cat([roi_pool(full, rois, n, 1.0).flatten(1) for n in levels], 1),
-        "pool_windows": lambda: spp.pool_windows(fmap, cells),
-        "pool_windows_fresh_pages": fresh_pages,
-    }
-    seconds: dict[str, float] = {}
-    expected = None
-    for name, method in methods.items():
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = method()
-            times.append(time.perf_counter() - start)
-        if expected is None:
-            expected = result
-        elif not torch.equal(result, expected):
-            raise AssertionError(f"{name} disagrees with the naive loop")
-        seconds[name] = float(np.median(times))
-    return seconds

@@ -4,7 +4,11 @@
 - Records are streamed: each image's record is appended to ``detections.jsonl`` (one JSON object
   per line, flushed) as soon as it is made, so an interrupted or killed run keeps every record
   written so far; ``detections.json`` (the list of all records) is written atomically at the
-  end, as before.  A rerun starts both afresh.
+  end, as before.
+- The folder holds one run, as a test's result folder does (``detector.core.folders``): ``run.json``
+  marks it incomplete before anything else is written and lists every drawn copy the run will
+  write; an earlier run's records and drawn copies (those its ``run.json`` or records list) are
+  removed first; ``run.json`` says complete after ``detections.json``.
 - Photos are read turned by their EXIF orientation (``load_image(exif_orientation=True)``).
 - A file that cannot be read, or whose proposals are refused, is named and skipped; a write that
   fails (full disk) stops the run (``OSError``, naming the file).
@@ -23,15 +27,13 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from detector.core.images import ImageReadError, load_image
+from detector.core.folders import PREDICT_OUTPUTS, RECORDS_FILE, STREAM_FILE, begin_run, finish_run
+from detector.core.images import IMAGE_SUFFIXES, ImageReadError, load_image
 from detector.core.io import write_json_atomic
 from detector.visualization.draw import draw_label, save_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-RECORDS_FILE = "detections.json"
-STREAM_FILE = "detections.jsonl"
 
 
 def image_files(inputs: Sequence[Path]) -> list[Path]:
@@ -57,15 +59,32 @@ def check_out_folder(out: Path, inputs: Sequence[Path]) -> None:
                              "images; write the predictions to another folder")
 
 
-def drawn_name(path: Path, taken: set[str]) -> str:
-    """Output file name of a drawn image: its stem, .png for PNG inputs, .jpg otherwise; made
+def drawn_names(files: Sequence[Path]) -> list[str]:
+    """Output file name of each drawn image: its stem, .png for PNG inputs, .jpg otherwise; made
     unique when two inputs share a stem."""
-    suffix = ".png" if path.suffix.lower() == ".png" else ".jpg"
-    name, number = f"{path.stem}{suffix}", 1
-    while name in taken or name in (RECORDS_FILE, STREAM_FILE):
-        name, number = f"{path.stem}_{number}{suffix}", number + 1
-    taken.add(name)
-    return name
+    taken: set[str] = set(PREDICT_OUTPUTS)
+    names = []
+    for path in files:
+        suffix = ".png" if path.suffix.lower() == ".png" else ".jpg"
+        name, number = f"{path.stem}{suffix}", 1
+        while name in taken:
+            name, number = f"{path.stem}_{number}{suffix}", number + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def earlier_drawn(out_dir: Path) -> list[str]:
+    """The drawn copies an earlier run's records name (a folder written before ``run.json`` listed them)."""
+    names = []
+    stream = out_dir / STREAM_FILE
+    if stream.is_file():
+        for line in stream.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                names.append(json.loads(line)["drawn"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line
+    return [name for name in names if isinstance(name, str) and Path(name).name == name]
 
 
 @dataclass
@@ -81,9 +100,14 @@ def predict_files(detector: Any, files: Sequence[Path], out_dir: Path, threshold
     """Run ``detector`` (a ``Detector``) on ``files``; write a drawn copy of each and the records
     (module docstring) into ``out_dir``; ``external``: an ``ExternalProposals`` or None."""
     out_dir = Path(out_dir)
-    summary, taken = FilesSummary(), set()
+    names = drawn_names(files)
+    stale = earlier_drawn(out_dir)
+    begin_run(out_dir, {"model": getattr(detector.model, "source", None)}, PREDICT_OUTPUTS, {"writes": names})
+    for name in stale:
+        (out_dir / name).unlink(missing_ok=True)
+    summary = FilesSummary()
     with open(out_dir / STREAM_FILE, "w", encoding="utf-8") as stream:
-        for path in tqdm(files, desc="predicting", unit="img", disable=not progress):
+        for path, name in tqdm(list(zip(files, names)), desc="predicting", unit="img", disable=not progress):
             try:
                 image = load_image(path, exif_orientation=True)
                 height, width = image.shape[:2]
@@ -93,7 +117,6 @@ def predict_files(detector: Any, files: Sequence[Path], out_dir: Path, threshold
                 log.debug("skipping %s: %s", path, error)
                 summary.failed.append(f"{path} ({error})")
                 continue
-            name = drawn_name(path, taken)
             drawn = found.draw()
             if len(found) == 0:
                 draw_label(drawn, f"no detection above {threshold:g}", 0, 0, (90, 90, 90), inside=True)
@@ -106,4 +129,5 @@ def predict_files(detector: Any, files: Sequence[Path], out_dir: Path, threshold
             os.fsync(stream.fileno())
     if summary.records:
         write_json_atomic(out_dir / RECORDS_FILE, summary.records)
+    finish_run(out_dir)
     return summary

@@ -38,7 +38,7 @@ from svm.linear_svm import SVMModel
 
 FORMAT = "sppnet-detector-v3"
 LEGACY_FORMATS = ("sppnet-detector-v1", "sppnet-detector-v2")
-REMEDY = "retrain it with tools/train_det.py (or copy the model file again)"
+MODEL_FILE_REMEDY = "retrain it with tools/train_det.py (or copy the model file again)"
 
 
 @dataclass
@@ -134,9 +134,9 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist (train one with tools/train_det.py)")
-    state = load_checked(path, "model file", REMEDY, unsealed_ok=lambda s: s.get("format") in LEGACY_FORMATS)
+    state = load_checked(path, "model file", MODEL_FILE_REMEDY, unsealed_ok=lambda s: s.get("format") in LEGACY_FORMATS)
     if state.get("format") not in (FORMAT, *LEGACY_FORMATS):
-        raise StateFileError(f"{path} is not a {FORMAT} model file; {REMEDY}")
+        raise StateFileError(f"{path} is not a {FORMAT} model file; {MODEL_FILE_REMEDY}")
     try:
         for name in state["classes"]:
             check_name(name, "class name")

@@ -65,12 +65,12 @@ def test_release_freed_memory_hands_heap_holes_back():
     assert before - after > 0.8 * 20 * 16  # most of the 20 freed 16 MB blocks left the process
 
 
-def test_trimming_yields_every_item_and_trims_every_hundred(monkeypatch):
+def test_releasing_freed_memory_yields_every_item_and_trims_every_hundred(monkeypatch):
     from detector.core import runtime
     calls = []
     monkeypatch.setattr(runtime, "release_freed_memory", lambda: calls.append(len(seen)))
     seen = []
-    for item in runtime.trimming(range(250)):
+    for item in runtime.releasing_freed_memory(range(250)):
         seen.append(item)
     assert seen == list(range(250)) and calls == [100, 200]
 

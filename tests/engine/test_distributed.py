@@ -21,7 +21,8 @@ from detector.features.backbones import build_backbone
 from detector.features.convmaps import ConvMapCache, ConvMapProvider
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
-from detector.head.finetune import PoolingContext, SlicedDropout, finetune, read_finetune_checkpoint
+from detector.head.finetune import SlicedDropout, finetune, read_finetune_checkpoint
+from detector.head.window_bank import PoolingContext
 from detector.model.detector import conv_map_folder, load_model
 
 # dropout on (0.5): the ranks apply the masks one process draws (detector.head.finetune.SlicedDropout)

@@ -11,8 +11,16 @@ import torch
 from conftest import TRAINED_TINY
 
 from detector import Detector
-from detector.cli import (benchmark, bench_distributed, compress_net, convert_model, predict, scale_sets, test_det,
-                          window_accuracy)
+from detector.cli import (
+    bench_distributed,
+    benchmark,
+    compress_net,
+    convert_model,
+    predict,
+    scale_sets,
+    test_det,
+    window_accuracy,
+)
 from detector.config import make_config
 from detector.core.integrity import UnsafeStateError, numpy_globals, read_state, state_digest
 from detector.data.voc import load_voc
@@ -216,8 +224,8 @@ def test_a_file_of_numpy_data_converts_without_a_flag(tiny_trained, tmp_path, ca
 def test_plain_keeps_container_types_and_shapes():
     from collections import Counter, OrderedDict
 
-    from detector.core.integrity import plain
-    state = plain({"m": Counter({1000: 1, 2000: 2}), "o": OrderedDict(a=np.zeros((2, 3))), "s": np.array(2.5),
+    from detector.core.integrity import plain_values
+    state = plain_values({"m": Counter({1000: 1, 2000: 2}), "o": OrderedDict(a=np.zeros((2, 3))), "s": np.array(2.5),
                    "t": (np.int64(3), [np.float32(1.5)]), "names": np.array(["a", "b"])})
     assert state["m"] == Counter({1000: 1, 2000: 2}) and type(state["o"]) is OrderedDict
     assert state["o"]["a"].shape == (2, 3) and state["s"].shape == () and float(state["s"]) == 2.5

@@ -9,7 +9,7 @@ import pytest
 
 from detector.core.images import load_image
 from detector.data.voc import load_voc
-from detector.engine.record import read_history
+from detector.engine.run_log import read_history
 from detector.engine.test import test_detector
 from detector.evaluation.voc_eval import voc_ap
 from detector.model.detector import load_model

@@ -19,8 +19,9 @@ from detector.features.backbones import build_backbone
 from detector.features.convmaps import ConvMap, ConvMapCache, ConvMapProvider
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
-from detector.head.finetune import PoolingContext, build_window_bank, finetune, pool_training_windows
+from detector.head.finetune import finetune
 from detector.head.sampling import sample_windows
+from detector.head.window_bank import PoolingContext, build_window_bank, pool_training_windows
 from detector.model.detector import conv_map_folder, load_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,11 +12,11 @@ from detector.core.timing import StageTimer
 from detector.features.backbones import build_backbone
 from detector.features.convmaps import ConvMap, ConvMapCache, ConvMapProvider
 from detector.features.geometry import TrunkGeometry, select_scales
-from detector.features.pooling import distinct_windows, pool_cells, pool_windows, window_cells
+from detector.features.pooling import distinct_windows, pool_boxes, pool_cells, window_cells
 from detector.features.spp import SpatialPyramidPooling, naive_pool_windows
 from detector.head.fc import SPPHead
-from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel
+from detector.model.features import window_features
 
 
 def test_distinct_windows_pool_to_the_per_window_loop_on_random_maps():
@@ -38,7 +38,7 @@ def test_distinct_windows_pool_to_the_per_window_loop_on_random_maps():
         expected = naive_pool_windows(torch.from_numpy(conv_map.features).double(), keyed[rows, 1:],
                                       spp.levels)
         assert torch.equal(grouped[rows].double(), expected)
-    assert torch.equal(grouped, pool_windows(spp, geometry, maps, boxes, scale_index))  # rows of a scale apart
+    assert torch.equal(grouped, pool_boxes(spp, geometry, maps, boxes, scale_index))  # rows of a scale apart
 
 
 def test_pool_windows_writes_into_out_or_refuses_it():
@@ -86,7 +86,7 @@ def test_window_features_match_pooling_every_window_on_its_own(backbone, tmp_pat
     assert len(features.pooled) < len(boxes) and features.rows.shape == (len(boxes),)
     maps = model.conv_maps.get_scales(record, scales, flip=False)
     scale_index = select_scales(boxes, 180, 240, scales, config.max_side)
-    one_by_one = torch.cat([pool_windows(spp, backbone.geometry, maps, boxes[i:i + 1], scale_index[i:i + 1])
+    one_by_one = torch.cat([pool_boxes(spp, backbone.geometry, maps, boxes[i:i + 1], scale_index[i:i + 1])
                             for i in range(len(boxes))])
     assert torch.equal(features.window_pooled(), one_by_one)
     with torch.inference_mode():

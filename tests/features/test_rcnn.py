@@ -14,7 +14,7 @@ import pytest
 import torch
 from random_windows import random_boxes
 
-from detector.benchmarks.modes import benchmark_modes, format_benchmark, fresh_model, trunk_pixels
+from detector.analysis.modes import benchmark_modes, format_benchmark, fresh_model, trunk_pixels
 from detector.config import make_config
 from detector.core.records import ImageRecord
 from detector.core.timing import StageTimer
@@ -26,8 +26,8 @@ from detector.features.rcnn import RCNNFeatures, plan_warps, warp_windows
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
 from detector.head.finetune import check_compatible
-from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel
+from detector.model.features import window_features
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 224

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from detector.benchmarks.modes import cached_proposals
-from detector.benchmarks.scale_sets import all_subsets, scale_usage, score_every_scale, subset_detections
+from detector.analysis.modes import cached_proposals
+from detector.analysis.scale_sets import all_subsets, scale_usage, score_every_scale, subset_detections
 from detector.cli import scale_sets as scale_sets_cli
 from detector.core.timing import StageTimer
 from detector.data.voc import load_voc
 from detector.features.geometry import select_scales
-from detector.inference.detect import detect, window_features
+from detector.inference.detect import detect
 from detector.model.detector import load_model
+from detector.model.features import window_features
 
 SCALES = (160, 224, 320)
 

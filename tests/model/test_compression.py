@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.benchmarks.modes import fresh_model
+from detector.analysis.modes import fresh_model
 from detector.config import make_config
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc

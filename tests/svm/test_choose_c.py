@@ -99,9 +99,9 @@ def test_test_scales_set_the_scales_of_the_held_out_windows(tiny_trained, tmp_pa
     _, run, _ = tiny_trained
     monkeypatch.setenv("SPPNET_CACHE", str(tmp_path / "cache"))
     root = make_demo_dataset(tmp_path / "demo", n_train=15, n_test=1, seed=3)
-    from detector.inference import detect
-    real, seen = detect.window_features, []
-    monkeypatch.setattr(detect, "window_features",
+    from detector.analysis import svm_choice
+    real, seen = svm_choice.window_features, []
+    monkeypatch.setattr(svm_choice, "window_features",
                         lambda *a, scales=None, **kw: seen.append(tuple(scales)) or real(*a, scales=scales, **kw))
     choose_svm_c.main(["--voc-root", str(root), "--split", "train", "--model", str(run / "model.pt"), "--quiet",
                        "--images", "2", "--C", "0.1", "--bootstrap", "0", "--set", "test.scales=288"])

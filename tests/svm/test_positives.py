@@ -14,8 +14,8 @@ from detector.core.timing import StageTimer
 from detector.core.windows import build_windows
 from detector.data.voc import load_voc
 from detector.engine.train import mine_classifiers, training_windows
-from detector.inference.detect import window_features
 from detector.model.detector import load_model
+from detector.model.features import window_features
 from svm.config import SVMConfig
 
 

@@ -10,8 +10,15 @@ from detector.core.boxes import iou_matrix
 from svm.feature_scale import estimate_feature_scale
 from svm.features import ImageFeatures
 from svm.linear_svm import SVMModel, svm_objective, train_linear_svm
-from svm.mining import (ClassMiningStats, HardNegativeMiner, MiningStats, NegativeCache, SVMConfig, failing_classes,
-                        train_svms)
+from svm.mining import (
+    ClassMiningStats,
+    HardNegativeMiner,
+    MiningStats,
+    NegativeCache,
+    SVMConfig,
+    failing_classes,
+    train_svms,
+)
 from svm.negatives import select_negatives
 
 NUM_CLASSES, DIM = 3, 48

@@ -90,6 +90,7 @@ def test_labels_of_a_crowded_scene_never_cover_each_other():
 
 def test_every_class_colour_is_saturated_and_boxes_have_a_dark_edge():
     import colorsys
+
     from detector.visualization.draw import EDGE_COLOUR, PALETTE
     assert len(set(PALETTE)) == len(PALETTE) == 20
     for colour in PALETTE:  # no cream, mint or grey: they faded into photos

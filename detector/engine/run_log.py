@@ -1,4 +1,4 @@
-"""The record of a training run, kept in its output folder:
+"""The log of a training run, kept in its output folder:
 
 - ``config.json``: the resolved config (``Config.to_dict()``), written when the run starts;
 - ``train.log``: every log record of the run (each stage's messages, warnings, the timing table)
@@ -16,7 +16,7 @@ Decisions: ``history.jsonl`` is appended line by line and flushed (a killed run 
 line being written; ``read_history`` skips a torn last line), not rewritten atomically: it is a
 log.  ``config.json`` and the PNG go through ``detector.core.io``.  While the run lasts the root
 logger's level is lowered to INFO if it was higher, so a library caller's run is recorded too.
-Under ``torchrun`` only rank 0 keeps the record (``active``): ``train.log`` holds rank 0's messages.
+Under ``torchrun`` only rank 0 keeps the log (``active``): ``train.log`` holds rank 0's messages.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from detector.config import Config
+from detector.core.folders import CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LOG_FILE
 from detector.core.interrupt import current_stage
 from detector.core.io import write_json_atomic, write_text_atomic
 from detector.core.provenance import StageRefused
@@ -34,10 +35,6 @@ from detector.visualization.plots import plot_training_curves
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-LOG_FILE = "train.log"
-HISTORY_FILE = "history.jsonl"
-CURVES_FILE = "training_curves.png"
 
 
 def read_history(path: str | Path) -> list[dict]:
@@ -55,11 +52,11 @@ def read_history(path: str | Path) -> list[dict]:
     return rows
 
 
-class TrainingRecord:
-    """Context manager that keeps the record of one training run in ``out_dir`` (module docstring)."""
+class RunLog:
+    """Context manager that keeps the log of one training run in ``out_dir`` (module docstring)."""
 
     def __init__(self, out_dir: str | Path, config: Config, classes: Sequence[str], active: bool = True) -> None:
-        """``active`` False: record nothing (the ranks other than 0 of a ``torchrun`` run)."""
+        """``active`` False: keep nothing (the ranks other than 0 of a ``torchrun`` run)."""
         self.active = active
         self.out_dir = Path(out_dir)
         self.config = config
@@ -69,7 +66,7 @@ class TrainingRecord:
         self._root_level = logging.WARNING
         self._earlier_config: str | None = None
 
-    def __enter__(self) -> TrainingRecord:
+    def __enter__(self) -> RunLog:
         if not self.active:
             return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +83,7 @@ class TrainingRecord:
             root.setLevel(logging.INFO)
         self._history = open(self.out_dir / HISTORY_FILE, "a", encoding="utf-8")
         self._write({"stage": "run", "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        log.info("training record in %s (%s, %s, %s)", self.out_dir, CONFIG_FILE, LOG_FILE, HISTORY_FILE)
+        log.info("run log in %s (%s, %s, %s)", self.out_dir, CONFIG_FILE, LOG_FILE, HISTORY_FILE)
         return self
 
     def _write(self, row: dict[str, Any]) -> None:
@@ -123,27 +120,3 @@ class TrainingRecord:
         root.removeHandler(self._handler)
         root.setLevel(self._root_level)
         self._handler.close()
-
-
-RUN_FILE = "run.json"  # a result folder's state: {"status", "made_by", "started", "finished"}
-RESULT_PATTERNS = ("comp4_det_*.txt", "detections_coco.json", "metrics.json", "metrics_eval.json",
-                   "pr_curves.json", "pr_curves.png", "classes.json")
-
-
-def begin_result_folder(out_dir: Path, made_by: dict[str, Any]) -> None:
-    """Mark ``out_dir`` incomplete in ``run.json`` (``made_by``: the model file and its checksum, or
-    the merged folders), then remove an earlier run's results (``RESULT_PATTERNS``): a folder holds
-    one run's outputs, complete (``finish_result_folder``) or visibly not, never two runs mixed."""
-    out_dir = Path(out_dir)
-    write_json_atomic(out_dir / RUN_FILE, {"status": "incomplete", "made_by": made_by,
-                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    for pattern in RESULT_PATTERNS:
-        for stale in out_dir.glob(pattern):
-            stale.unlink()
-
-
-def finish_result_folder(out_dir: Path) -> None:
-    """Mark ``out_dir``'s run complete in ``run.json`` (after its last output is written)."""
-    path = Path(out_dir) / RUN_FILE
-    state = json.loads(path.read_text())
-    write_json_atomic(path, {**state, "status": "complete", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

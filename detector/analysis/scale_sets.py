@@ -20,10 +20,11 @@ import numpy as np
 from detector.core.detections import ImageDetections
 from detector.core.images import load_image
 from detector.core.records import ImageRecord
-from detector.features.geometry import image_scale_factor, resized_size, select_scales
 from detector.core.timing import StageTimer
-from detector.inference.detect import ScoredWindows, scored_windows, suppress, window_features
+from detector.features.geometry import image_scale_factor, resized_size, select_scales
+from detector.inference.detect import ScoredWindows, scored_windows, suppress
 from detector.model.detector import DetectorModel
+from detector.model.features import window_features
 
 
 @dataclass
@@ -98,3 +99,55 @@ def scale_usage(records: Sequence[ImageRecord], proposals: dict[str, np.ndarray]
             usage.covered[k] += int(mask.sum())
             usage.pixels[k] += height * width
     return usage
+
+
+def usage_rows(records: Sequence[ImageRecord], proposals: dict[str, np.ndarray], scales: Sequence[int],
+               max_side: int, margins: Sequence[int]) -> list[dict]:
+    """Per scale: the share of windows pooled from it, the share of its map those windows cover
+    with each margin, and its pixels against the first scale's."""
+    usage = {m: scale_usage(records, proposals, scales, max_side, m) for m in margins}
+    first = usage[margins[0]]
+    return [{"scale": s, "windows": float(first.windows[k] / max(first.windows.sum(), 1)),
+             "covered": {str(m): float(usage[m].covered[k] / usage[m].pixels[k]) for m in margins},
+             "pixels_vs_first": float(first.pixels[k] / first.pixels[0])}
+            for k, s in enumerate(scales)]
+
+
+def subset_rows(model: DetectorModel, records: Sequence[ImageRecord], proposals: dict[str, np.ndarray],
+                scales: Sequence[int], rows: list[dict], progress: bool = True) -> list[dict]:
+    """Every subset's mAP and conv seconds per image, from one scoring pass at every scale; adds
+    each scale's conv and head seconds per image to its ``usage_rows`` row."""
+    from tqdm import tqdm
+
+    from detector.evaluation.evaluator import VOCEvaluator
+
+    subsets = all_subsets(len(scales))
+    evaluators = {s: VOCEvaluator(model.classes, use_07_metric=True, coco=False) for s in subsets}
+    conv, head = np.zeros(len(scales)), np.zeros(len(scales))
+    for record in tqdm(records, desc="every scale", disable=not progress, unit="img"):
+        scored = score_every_scale(model, record, proposals[record.image_id])
+        conv += scored.conv_seconds
+        head += scored.head_seconds
+        for subset in subsets:
+            evaluators[subset].process(record, subset_detections(model, record, scored, subset))
+    conv, head = conv / max(len(records), 1), head / max(len(records), 1)
+    for k, row in enumerate(rows):
+        row.update(conv_seconds=float(conv[k]), head_seconds=float(head[k]))
+    return [{"scales": [scales[i] for i in s], "mAP": float(evaluators[s].evaluate()["mAP"]),
+             "conv_seconds": float(conv[list(s)].sum())} for s in subsets]
+
+
+def format_scale_sets(rows: list[dict], subsets: list[dict], margins: Sequence[int], timed: bool) -> str:
+    """The per-scale table, then every subset by conv seconds (when measured)."""
+    lines = ["scale  windows  " + "  ".join(f"area(+{m}px)" for m in margins) + "  pixels"
+             + ("  conv s  head s" if timed else "")]
+    for row in rows:
+        lines.append(f"{row['scale']:5d}  {100 * row['windows']:6.1f}%  "
+                     + "  ".join(f"{100 * v:10.1f}%" for v in row["covered"].values())
+                     + f"  {row['pixels_vs_first']:5.2f}x"
+                     + (f"  {row['conv_seconds']:6.3f}  {row['head_seconds']:6.3f}" if timed else ""))
+    if subsets:
+        lines.append("\nsubset                        mAP   conv s/img")
+        lines += [f"{' '.join(map(str, row['scales'])):28s}  {100 * row['mAP']:5.1f}  {row['conv_seconds']:6.3f}"
+                  for row in sorted(subsets, key=lambda r: r["conv_seconds"])]
+    return "\n".join(lines)

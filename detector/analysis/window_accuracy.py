@@ -18,8 +18,8 @@ from tqdm import tqdm
 from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows
 from detector.head.sampling import sample_windows
-from detector.inference.detect import window_features
 from detector.model.detector import DetectorModel
+from detector.model.features import window_features
 
 
 def window_accuracy(model: DetectorModel, images: Sequence[ImageWindows], seed: int = 0,

@@ -28,7 +28,7 @@ Decisions:
   the heap back before each run made every SPP conv pass and pooling result page-fault afresh
   (on 10 VOC images at 688, one thread: 0.42 s conv + 0.11 s pooling per image, against
   0.26 s + 0.05 s warm), while R-CNN's batches reuse their memory after the first one, so
-  trimming favoured R-CNN.
+  trimming the heap favoured R-CNN.
 - Peak memory: a separate untimed pass over the first ``MEMORY_IMAGES`` images, each mode with
   its own empty conv-map folder; before each run the freed heap is handed back and the peak
   resident set (``VmHWM``) reset through ``/proc/self/clear_refs``.  Reported: the maximum
