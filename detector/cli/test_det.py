@@ -169,6 +169,8 @@ def test_model(args: argparse.Namespace) -> None:
         if distributed.is_main():
             print(format_ap_table(metrics))
             print("seconds per image: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["seconds_per_image"].items()))
+            if "drawn" in metrics:
+                print(f"drew {metrics['drawn']}")
 
 
 @elastic_record  # under torchrun, a failing rank's traceback is in the agent's report

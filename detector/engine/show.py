@@ -32,17 +32,29 @@ class KeepForShow:
         self.evaluator, self.count, self.threshold, self.errors = evaluator, count, threshold, errors
         self._heap: list[tuple[int, int, ImageRecord, ImageDetections]] = []
         self._seen = 0
+        self.images_with_errors = 0  # with ``errors``: the split's images with at least one mistake
 
     def process(self, record: ImageRecord, found: ImageDetections) -> None:
         self.evaluator.process(record, found)
         index, self._seen = self._seen, self._seen + 1
         if self.count <= 0 or (not self.errors and index >= self.count):
             return
-        item = (mistakes(record, found, self.threshold) if self.errors else 0, -index, record, found)
+        wrong = mistakes(record, found, self.threshold) if self.errors else 0
+        self.images_with_errors += wrong > 0
+        item = (wrong, -index, record, found)
         if len(self._heap) < self.count:
             heapq.heappush(self._heap, item)
         elif item[:2] > self._heap[0][:2]:
             heapq.heapreplace(self._heap, item)
+
+    def summary(self) -> str:
+        """What was kept, in one line: with ``errors``, how many of the kept images have a mistake."""
+        kept = len(self._heap)
+        if not self.errors:
+            return f"the first {kept} images"
+        erring = sum(1 for wrong, *_ in self._heap if wrong > 0)
+        return (f"the {kept} images with the most mistakes: {erring} of them have any ({self.images_with_errors} of "
+                f"the split's {self._seen} images do)" + ("; the others have none" if erring < kept else ""))
 
     @property
     def kept(self) -> list[tuple[ImageRecord, ImageDetections]]:

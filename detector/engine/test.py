@@ -123,6 +123,7 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     if show_dir is not None:
         draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir,
                          ranked=show_errors)
+        metrics["drawn"] = f"{show_dir}: {keeper.summary()}"
     finish_run(out_dir)
     return distributed.broadcast_from_main(metrics)
 

@@ -6,15 +6,17 @@ Decisions:
   and out, written through ``cv2.imencode`` and ``detector.core.io`` (atomic).
 - One colour per class from ``PALETTE``, a fixed list (class k takes entry k mod its length),
   so a class has the same colour in every picture of a model.  The colours are saturated (no
-  cream, mint or grey, which faded into photos), and every box line has a thin dark edge on
-  both sides, so it stands out on light and dark backgrounds alike.
+  cream, mint or grey, which faded into photos), and every box line has a thin edge on both
+  sides: dark around a light colour, light around a dark one (``edge_colour``: purple, maroon
+  and navy lines were faint on dark backgrounds with a dark edge), so it stands out anywhere.
 - Labels ("name 0.93") sit on a box of the class colour filled solid, the text black or white
-  by the colour's luminance, so they read on any image.  ``place_labels`` puts them, best
-  score first, where none covers another (as detectron2's Visualizer moves overlapping
-  labels): above the box's top-left corner, else just inside it, else below the box, else
-  stacked down inside the box, then further above and below it, then the same right-aligned
-  and in columns beside the box, always within the image; only when every such place is taken
-  does a label go where it overlaps least.
+  by the colour's luminance, so they read on any image.  Only the ``MAX_LABELS`` best-scored
+  detections of an image are labelled; the others are boxes alone (at low thresholds labels
+  covered up to a third of a small photo).  ``place_labels`` puts each, best score first, next to
+  its own box where none covers another (as detectron2's Visualizer moves overlapping labels):
+  above the box's top-left corner, else just inside it, else below the box, else stacked down
+  inside it, then the same right-aligned, always within the image; when every such place is
+  taken the label goes to the one of them it overlaps least, never away from its box.
 - Line width and font size grow with the image (``_style``): at least 2 pixels, about 1/250 and 1/600 of the short
   side, so a label stays legible on a 300-pixel demo image and on a 4000-pixel photo.
 - Missed ground truth is drawn dashed: OpenCV has no dashed rectangle, so ``_dashed_rectangle``
@@ -38,7 +40,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 200, 0), (128, 0, 0), (255, 60, 0), (128, 128, 0), (255, 120, 90), (0, 0, 160),
     (0, 190, 255), (255, 235, 0),
 )
-EDGE_COLOUR = (20, 20, 20)  # the thin dark edge around every box line
+EDGE_COLOUR = (20, 20, 20)  # the thin edge around a light box line
+LIGHT_EDGE_COLOUR = (245, 245, 245)  # the thin edge around a dark box line
+MAX_LABELS = 8  # detections labelled per image, the best-scored; the others are drawn as boxes alone
 TP_COLOUR = (40, 200, 40)
 FP_COLOUR = (230, 30, 30)
 MISSED_COLOUR = (255, 220, 0)
@@ -57,10 +61,19 @@ def _style(image: np.ndarray) -> tuple[int, float]:
     return max(2, round(short / 250)), max(0.4, short / 600)
 
 
+def _luma(colour: Sequence[int]) -> float:
+    """ITU-R BT.601 luma of an RGB colour, 0-255."""
+    return 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+
+
 def _text_colour(colour: Sequence[int]) -> tuple[int, int, int]:
-    """Black on light colours, white on dark ones (ITU-R BT.601 luma)."""
-    luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-    return (0, 0, 0) if luma > 140 else (255, 255, 255)
+    """Black on light colours, white on dark ones."""
+    return (0, 0, 0) if _luma(colour) > 140 else (255, 255, 255)
+
+
+def edge_colour(colour: Sequence[int]) -> tuple[int, int, int]:
+    """The edge drawn around a box line of ``colour``: light around a dark line, dark around a light one."""
+    return LIGHT_EDGE_COLOUR if _luma(colour) < 100 else EDGE_COLOUR
 
 
 def _label_size(image: np.ndarray, text: str) -> tuple[int, int, float, int]:
@@ -80,31 +93,26 @@ def _overlap(a: Sequence[int], b: Sequence[int]) -> int:
 def place_labels(sizes: Sequence[tuple[int, int]], boxes: np.ndarray, height: int,
                  width: int) -> list[tuple[int, int]]:
     """Top-left corners for labels of ``sizes`` (width, height) on ``boxes`` (x1 y1 x2 y2), in the
-    given order (best first), so that no label covers one placed before it (module notes)."""
+    given order (best first): each next to its own box, where it covers no label placed before it
+    if there is such a place (module notes)."""
     placed: list[tuple[int, int, int, int]] = []
     corners = []
     for (w, h), box in zip(sizes, np.asarray(boxes, np.float64).reshape(-1, 4)):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         step = max(1, h // 2)
-        rows = ([y1 - h, y1, y2, y2 - h] + list(range(y1 + h, max(y2 - h, y1 + h) + 1, step))
-                + [y for k in range(1, height // step + 1) for y in (y1 - h - k * step, y2 + k * step)])
+        rows = [y1 - h, y1, y2, y2 - h] + list(range(y1 + h, max(y2 - h, y1 + h) + 1, step))
         candidates = []
-        columns = [x1, x2 - w] + [x for k in range(1, width // max(w, 1) + 1) for x in (x2 + (k - 1) * w, x1 - k * w)]
-        for x0 in columns:  # left- or right-aligned with the box, else columns beside it
+        for x0 in (x1, x2 - w):  # left- or right-aligned with the box
             x0 = int(np.clip(x0, 0, max(width - w, 0)))
             for y0 in rows:
-                if not -h < y0 < height:
-                    continue
                 y0 = int(np.clip(y0, 0, max(height - h, 0)))
                 rect = (x0, y0, x0 + w, y0 + h)
-                cost = sum(_overlap(rect, other) for other in placed)
-                candidates.append((cost, rect))
-                if cost == 0:
+                candidates.append((sum(_overlap(rect, other) for other in placed), rect))
+                if candidates[-1][0] == 0:
                     break
             if candidates[-1][0] == 0:
                 break
-        free = next((rect for cost, rect in candidates if cost == 0), None)
-        rect = free if free is not None else min(candidates, key=lambda c: c[0])[1]
+        rect = min(candidates, key=lambda c: c[0])[1]  # the first free place, else the least covered
         placed.append(rect)
         corners.append(rect[:2])
     return corners
@@ -133,17 +141,18 @@ def draw_label(image: np.ndarray, text: str, x: float, y: float, colour: Sequenc
 
 def _rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[int], thickness: int,
                edge: bool = False) -> None:
-    """A box line of ``colour``; with ``edge``, on a line 2 pixels wider of ``EDGE_COLOUR``."""
+    """A box line of ``colour``; with ``edge``, on a line 2 pixels wider of ``edge_colour(colour)``."""
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     if edge:
-        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), EDGE_COLOUR, thickness + 2)
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), edge_colour(colour), thickness + 2)
     cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), tuple(colour), thickness)
 
 
 def _draw_labels(image: np.ndarray, texts: Sequence[str], boxes: np.ndarray, colours: Sequence[Sequence[int]],
-                 scores: np.ndarray) -> None:
-    """Labels on ``boxes``, placed best score first so that none covers another (``place_labels``)."""
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+                 scores: np.ndarray, max_labels: int | None = None) -> None:
+    """Labels on ``boxes``, placed best score first so that none covers another (``place_labels``);
+    only the ``max_labels`` best (None: all)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:max_labels]
     sizes = [_label_size(image, texts[i])[:2] for i in order]
     corners = place_labels(sizes, np.asarray(boxes)[order], image.shape[0], image.shape[1])
     for i, corner in zip(order, corners):
@@ -166,15 +175,16 @@ def _dashed_rectangle(image: np.ndarray, box: Sequence[float], colour: Sequence[
 
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                    classes: Sequence[str]) -> np.ndarray:
-    """A copy of ``image`` with each box in its class colour and a "name score" label."""
+                    classes: Sequence[str], max_labels: int = MAX_LABELS) -> np.ndarray:
+    """A copy of ``image`` with each box in its class colour, the ``max_labels`` best labelled
+    "name score"."""
     canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
     thickness, _ = _style(canvas)
     order = np.argsort(scores, kind="stable")  # best drawn last, on top
     for i in order:
         _rectangle(canvas, boxes[i], class_colour(labels[i]), thickness, edge=True)
     _draw_labels(canvas, [f"{classes[k]} {s:.2f}" for k, s in zip(labels, scores)], boxes,
-                 [class_colour(k) for k in labels], scores)
+                 [class_colour(k) for k in labels], scores, max_labels)
     return canvas
 
 

@@ -68,13 +68,13 @@ def test_plots_are_written_as_png(tmp_path):
         assert picture is not None and picture.shape[0] > 200 and picture.std() > 5
 
 
-def test_labels_of_a_crowded_scene_never_cover_each_other():
-    from detector.visualization.draw import _label_size, place_labels
+def test_the_labels_of_a_crowded_scene_never_cover_each_other():
+    from detector.visualization.draw import MAX_LABELS, _label_size, place_labels
     rng = np.random.default_rng(0)
     image = _grey(375, 500)
-    # a crowd: 12 overlapping boxes around one spot, and a box at each border
+    # as many labels as are drawn: a crowd of overlapping boxes around one spot, and a box at each border
     centre = np.array([200, 150, 300, 300], np.float32)
-    boxes = np.concatenate([centre + rng.uniform(-15, 15, (12, 4)).astype(np.float32),
+    boxes = np.concatenate([centre + rng.uniform(-15, 15, (MAX_LABELS - 2, 4)).astype(np.float32),
                             np.array([[0, 0, 500, 40], [460, 330, 500, 375]], np.float32)])
     texts = [f"person 0.{90 - i}" for i in range(len(boxes))]
     sizes = [_label_size(image, t)[:2] for t in texts]
@@ -86,6 +86,33 @@ def test_labels_of_a_crowded_scene_never_cover_each_other():
             assert max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1])) == 0
     # the best label keeps its usual place, just above its box
     assert corners[0] == (int(round(boxes[0][0])), int(round(boxes[0][1])) - sizes[0][1])
+    for rect, box in zip(rects, boxes):  # every label touches its own box or lies inside it
+        x1, y1, x2, y2 = np.round(box).astype(int)
+        assert rect[0] < x2 and rect[2] > x1 and y1 - (rect[3] - rect[1]) <= rect[1] <= y2, (rect, box)
+
+
+def test_only_the_best_labels_are_drawn_and_the_rest_are_boxes():
+    from detector.visualization import draw
+    boxes = np.array([[10 + 30 * i, 40, 35 + 30 * i, 90] for i in range(12)], np.float32)
+    scores = np.linspace(0.95, 0.5, 12)
+    labelled = []
+    real = draw.draw_label
+    draw.draw_label = lambda image, text, *a, **k: labelled.append(text) or real(image, text, *a, **k)
+    try:
+        draw_detections(_grey(200, 400), boxes, scores, np.zeros(12, np.int64), ["dog"])
+    finally:
+        draw.draw_label = real
+    assert labelled == [f"dog {s:.2f}" for s in scores[:draw.MAX_LABELS]]
+
+
+def test_dark_class_colours_get_a_light_edge():
+    from detector.visualization.draw import EDGE_COLOUR, LIGHT_EDGE_COLOUR, PALETTE, edge_colour
+    navy, yellow = PALETTE.index((0, 0, 160)), PALETTE.index((255, 200, 0))
+    assert edge_colour(PALETTE[navy]) == LIGHT_EDGE_COLOUR and edge_colour(PALETTE[yellow]) == EDGE_COLOUR
+    drawn = draw_detections(np.zeros((100, 100, 3), np.uint8), np.array([[20, 20, 80, 80]], np.float32),
+                            np.array([0.5]), np.array([navy]), [str(k) for k in range(20)])
+    column = drawn[50, 14:26]  # across the left line on black: light edge, navy, light edge
+    assert (column == LIGHT_EDGE_COLOUR).all(axis=1).sum() >= 2 and (column == PALETTE[navy]).all(axis=1).any()
 
 
 def test_every_class_colour_is_saturated_and_boxes_have_a_dark_edge():
