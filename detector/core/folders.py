@@ -39,8 +39,9 @@ COCO_FILE = "detections_coco.json"  # the detections in COCO's results format
 PR_CURVES_FILE = "pr_curves.json"  # precision and recall per class
 PR_CURVES_PNG = "pr_curves.png"
 RESULT_FILES = "comp4_det_*.txt"  # the devkit's files, one per class: comp4_det_<split>_<class>.txt
+CALIBRATED_DIR = "calibrated"  # the same result files with calibrated scores, a result folder of its own
 RESULT_OUTPUTS = (RESULT_FILES, COCO_FILE, METRICS_FILE, EVAL_METRICS_FILE, PR_CURVES_FILE, PR_CURVES_PNG,
-                  CLASSES_FILE)
+                  CLASSES_FILE, f"{CALIBRATED_DIR}/*")
 
 # a prediction folder
 RECORDS_FILE = "detections.json"  # one record per image, written at the end

@@ -1,14 +1,18 @@
-"""Model combination: pool the scored detections of several models per class, then NMS.
+"""Model combination: pool the scored detections of several models per class and merge them.
 
 As in the paper (two ZF-5 models: 59.1 and 59.2 mAP -> 60.9 combined), the detections of every
-model are put together per class and image and NMS at IoU 0.3 keeps the best-scored of each
-group of overlapping boxes from different models (``merge_detections``: across models only); an image keeps at most ``max_per_image`` detections, as at test.
-Inputs are devkit result folders; every input is checked before anything is written: a folder
+model are put together per class and image and merged by a rule (``detector.engine.merge``: NMS
+across models, box voting across models, or score averaging); an image keeps at most
+``max_per_image`` detections, as at test.  The scores merged are the calibrated ones
+(``detector.evaluation.calibration``) when every input has them, else the raw ones (said in the
+log): two models' raw scores lie on scales of their own, and a merge then favours whichever model
+scores higher, right or not.  Inputs are devkit result folders; every input is checked before anything is written: a folder
 whose ``metrics.json`` is unreadable or lacks ``"ap"`` is named, and folders made for different
 class lists, splits or datasets (their ``classes.json`` / ``metrics.json``) are refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -16,12 +20,21 @@ from typing import Sequence
 
 import numpy as np
 
-from detector.core.boxes import iou_matrix
 from detector.core.detections import Detections
-from detector.core.folders import METRICS_FILE, RESULT_OUTPUTS, begin_run, check_complete, finish_run
+from detector.core.folders import (
+    CALIBRATED_DIR,
+    CLASSES_FILE,
+    METRICS_FILE,
+    RESULT_OUTPUTS,
+    begin_run,
+    check_complete,
+    finish_run,
+)
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
+from detector.engine.merge import cap_per_image, merge_rule
 from detector.engine.test import write_pr_curves
+from detector.evaluation.bootstrap import paired_bootstrap, per_image, rank_matches
 from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import (
     read_classes_file,
@@ -33,6 +46,8 @@ from detector.evaluation.voc_eval import (
 )
 
 log = logging.getLogger(__name__)
+
+DEFAULT_RULE = "nms"  # chosen on held-out training images (docs/results.md, "Model combination")
 
 
 def _metrics(result_dir: Path) -> dict | None:
@@ -93,56 +108,6 @@ def check_same_classes(result_dirs: Sequence[Path], split: str) -> list[str]:
     return first
 
 
-def merge_detections(parts: Sequence[Detections], nms_iou: float) -> Detections:
-    """Union of one class's detections from several models with NMS *across* models: per image, in
-    order of score, a detection is dropped when a kept detection of another model overlaps it by IoU
-    > ``nms_iou``; overlaps within one model are left as that model's test made them.
-
-    Each model's detections have been through NMS 0.3 already; a plain NMS over the union would do it
-    again on boxes box voting has moved (which may now overlap their own neighbours), dropping 31-38%
-    of a model's own detections and taking the same folder twice from 7.2 to 3.0 mAP.  Without
-    voting the two rules are the same (no two kept boxes of one model overlap above 0.3).  Ties in
-    score keep the earlier model's detection, so a model merged with itself gives itself back."""
-    merged = Detections.concat(parts)
-    if len(merged) == 0:
-        return merged
-    model = np.concatenate([np.full(len(part), k) for k, part in enumerate(parts)])
-    keep = np.zeros(len(merged), dtype=bool)
-    _, image_index = np.unique(merged.image_ids, return_inverse=True)
-    for rows in np.split(np.argsort(image_index, kind="stable"),
-                         np.cumsum(np.bincount(image_index))[:-1]):
-        rows = rows[np.lexsort((model[rows], -merged.scores[rows]))]  # best first, earlier model on ties
-        overlaps = iou_matrix(merged.boxes[rows], merged.boxes[rows]) > nms_iou
-        kept_here = np.zeros(len(rows), dtype=bool)
-        for i in range(len(rows)):
-            rivals = kept_here & (model[rows] != model[rows[i]]) & overlaps[i]
-            kept_here[i] = not rivals.any()
-        keep[rows[kept_here]] = True
-    kept = np.flatnonzero(keep)
-    kept = kept[np.argsort(-merged.scores[kept], kind="stable")]
-    return Detections(merged.image_ids[kept], merged.scores[kept], merged.boxes[kept])
-
-
-def cap_per_image(detection_set: dict[str, Detections], max_per_image: int) -> dict[str, Detections]:
-    """Keep each image's ``max_per_image`` best-scored detections over all classes."""
-    names = list(detection_set)
-    sizes = [len(detection_set[n]) for n in names]
-    ids = np.concatenate([detection_set[n].image_ids for n in names])
-    scores = np.concatenate([detection_set[n].scores for n in names])
-    order = np.lexsort((-scores, ids))  # grouped by image, best first within an image
-    sorted_ids = ids[order]
-    rank = np.arange(len(order)) - np.searchsorted(sorted_ids, sorted_ids, side="left")
-    keep = np.zeros(len(ids), dtype=bool)
-    keep[order[rank < max_per_image]] = True
-    out, start = {}, 0
-    for name, size in zip(names, sizes):
-        rows = np.flatnonzero(keep[start:start + size])
-        found = detection_set[name]
-        out[name] = Detections(found.image_ids[rows], found.scores[rows], found.boxes[rows])
-        start += size
-    return out
-
-
 def _evaluator(records: Sequence[ImageRecord], detection_set: dict[str, Detections], classes: Sequence[str],
                use_07_metric: bool) -> VOCEvaluator:
     evaluator = VOCEvaluator(classes, use_07_metric)
@@ -165,33 +130,101 @@ def check_distinct_folders(result_dirs: Sequence[Path], out_dir: Path) -> None:
                          "results: write it to a new folder")
 
 
+def read_inputs(result_dirs: Sequence[Path], split: str, classes: Sequence[str], image_ids: Sequence[str],
+                calibrated: bool, allow_incomplete: bool) -> tuple[list[dict[str, Detections]], list[str]]:
+    """Each folder's detections: its calibrated scores (``<folder>/calibrated``, written by
+    ``test_det.py`` for a model with a calibration) when every folder has them and ``calibrated``,
+    else the raw scores of all (a folder without calibration is named in the log).  Returns the sets
+    and the folders without calibrated scores (empty: the sets are calibrated)."""
+    lacking = [str(d) for d in result_dirs if not (Path(d) / CALIBRATED_DIR / CLASSES_FILE).is_file()]
+    use = calibrated and not lacking
+    if calibrated and lacking:
+        log.warning("no calibrated scores in %s (its model has no calibration): merging the raw scores of every "
+                    "input", ", ".join(lacking))
+    folders = [Path(d) / CALIBRATED_DIR if use else Path(d) for d in result_dirs]
+    return [read_result_files(d, split, classes, image_ids=image_ids, allow_incomplete=allow_incomplete)
+            for d in folders], [] if use else lacking or [str(d) for d in result_dirs]
+
+
 def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path], out_dir: Path,
-                         nms_iou: float = 0.3, max_per_image: int = 100,
-                         use_07_metric: bool = True, allow_incomplete: bool = False) -> dict:
-    """Merge result folders, write the merged result files, metrics.json and the precision-recall
-    curves (pr_curves.json, pr_curves.png); return the metrics
-    of the merge with ``"inputs"``: the mAP of each input folder, and ``"incomplete_inputs"``: the
-    folders read although their run was incomplete (refused unless ``allow_incomplete``)."""
+                         rule: str = DEFAULT_RULE, nms_iou: float = 0.3, vote_iou: float = 0.5, match_iou: float = 0.5,
+                         max_per_image: int = 100, use_07_metric: bool = True, allow_incomplete: bool = False,
+                         calibrated: bool = True, resamples: int = 1000) -> dict:
+    """Merge result folders by ``rule`` (``detector.engine.merge``), on calibrated scores when every
+    input has them (``read_inputs``); write the merged result files, metrics.json and the
+    precision-recall curves; return the merge's metrics with ``"inputs"`` (each folder's mAP),
+    ``"input_ap"`` (its per-class AP), ``"calibrated"``, ``"rule"``, ``"beats_both"`` (classes where
+    the merge is ahead of every input), ``"minus_best"`` (the merge's mAP minus the best input's,
+    with the paired bootstrap's 90% interval over the images) and ``"incomplete_inputs"``."""
     if len(result_dirs) < 2:
         raise ValueError("give at least two result folders to combine")
+    merge = merge_rule(rule, nms_iou, vote_iou, match_iou)  # an unknown rule is refused before any work
     check_distinct_folders(result_dirs, out_dir)
     incomplete = [str(d) for d in result_dirs if not check_complete(d, allow_incomplete)]
     check_same_origin(result_dirs, split, voc_root)
     classes = check_same_classes(result_dirs, split)
     dataset = load_voc(voc_root, split, classes)
     ids = [r.image_id for r in dataset.records]
-    sets = [read_result_files(d, split, classes, image_ids=ids, allow_incomplete=allow_incomplete)
-            for d in result_dirs]
-    inputs = {str(d): _evaluator(dataset.records, s, classes, use_07_metric).evaluate()["mAP"]
-              for d, s in zip(result_dirs, sets)}
-    merged = cap_per_image({c: merge_detections([s[c] for s in sets], nms_iou) for c in classes},
-                           max_per_image)
-    begin_run(out_dir, {"merged": [str(Path(d).resolve()) for d in result_dirs]}, RESULT_OUTPUTS)
+    sets, uncalibrated = read_inputs(result_dirs, split, classes, ids, calibrated, allow_incomplete)
+    used_calibration = not uncalibrated
+    inputs = {str(d): _evaluator(dataset.records, s, classes, use_07_metric).evaluate() for d, s in zip(result_dirs, sets)}
+    merged = cap_per_image({c: merge([s[c] for s in sets]) for c in classes}, max_per_image)
+    begin_run(out_dir, {"merged": [str(Path(d).resolve()) for d in result_dirs], "rule": rule,
+                        "calibrated": used_calibration}, RESULT_OUTPUTS)
     write_result_files(out_dir, split, merged, classes)
     write_classes_file(out_dir, classes, split, voc_root)
     evaluator = _evaluator(dataset.records, merged, classes, use_07_metric)
-    metrics = {"split": split, **evaluator.evaluate(), "inputs": inputs, "incomplete_inputs": incomplete}
+    metrics = {"split": split, **evaluator.evaluate(), "rule": rule, "calibrated": used_calibration,
+               "uncalibrated_inputs": uncalibrated,
+               "inputs": {d: m["mAP"] for d, m in inputs.items()}, "input_ap": {d: m["ap"] for d, m in inputs.items()},
+               "incomplete_inputs": incomplete}
+    metrics.update(versus_inputs(dataset.records, classes, merged, sets, metrics, use_07_metric, resamples))
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"merge of {len(result_dirs)} models, {split}")
     finish_run(out_dir)
     return metrics
+
+
+def versus_inputs(records: Sequence[ImageRecord], classes: Sequence[str], merged: dict[str, Detections],
+                  sets: Sequence[dict[str, Detections]], metrics: dict, use_07_metric: bool,
+                  resamples: int) -> dict:
+    """The paper's comparison: in how many classes the merge is ahead of every input, and its mAP
+    minus the best input's with the paired bootstrap's 90% interval (``resamples`` 0: none)."""
+    aps = list(metrics["input_ap"].values())
+    beats = [c for c in classes if metrics["ap"].get(c) is not None
+             and all(ap.get(c) is not None and metrics["ap"][c] > ap[c] for ap in aps)]
+    best = int(np.argmax(list(metrics["inputs"].values())))
+    found = {"beats_both": len(beats), "beats_every_input": beats, "best_input": list(metrics["inputs"])[best]}
+    if resamples:
+        ranked = [rank_matches(records, per_image(d, records, classes), len(classes)) for d in (merged, sets[best])]
+        found["minus_best"] = dataclasses.asdict(paired_bootstrap(*ranked, resamples=resamples,
+                                                                  use_07_metric=use_07_metric).mAP)
+    return found
+
+
+def format_ensemble(metrics: dict) -> str:
+    """The paper's table: per class, each input's AP and the merge's; the classes where the merge
+    beats every input; the merged mAP minus the best input's with its interval."""
+    names = list(metrics["inputs"])
+    header = ["class"] + [f"model {k + 1}" for k in range(len(names))] + ["merged", "ahead"]
+    rows = []
+    for c in metrics["ap"]:
+        values = [metrics["input_ap"][n].get(c) for n in names] + [metrics["ap"].get(c)]
+        rows.append([c] + [_points(v) for v in values] + ["*" if c in metrics["beats_every_input"] else ""])
+    rows.append(["mAP"] + [_points(metrics["inputs"][n]) for n in names] + [_points(metrics["mAP"]), ""])
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).rjust(w) if i else str(cell).ljust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths))) for row in [header] + rows]
+    lines += [f"model {k + 1}: {name}" for k, name in enumerate(names)]
+    lines.append(f"rule {metrics['rule']}, {'calibrated' if metrics['calibrated'] else 'raw'} scores; the merge is "
+                 f"ahead of every model in {metrics['beats_both']} of {len(metrics['ap'])} classes")
+    if "minus_best" in metrics:
+        d = metrics["minus_best"]
+        lines.append(f"merged mAP minus the best model's ({metrics['best_input']}), points: {d['observed']:+.1f} "
+                     f"(90% interval {d['low']:+.1f} to {d['high']:+.1f}, paired bootstrap over the images; ahead in "
+                     f"{100 * d['share_above']:.0f}% of {d['resamples']} resamples)")
+    return "\n".join(lines)
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f}"

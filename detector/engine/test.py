@@ -20,6 +20,7 @@ from tqdm import tqdm
 from detector.core import distributed
 from detector.core.detections import ImageDetections
 from detector.core.folders import (
+    CALIBRATED_DIR,
     COCO_FILE,
     METRICS_FILE,
     PR_CURVES_FILE,
@@ -40,6 +41,7 @@ from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import write_classes_file, write_pr_curves_json, write_result_files
 from detector.inference.detect import detect
 from detector.inference.predictor import default_score_threshold
+from detector.model.calibration import ScoreCalibration
 from detector.model.detector import DetectorModel
 from detector.visualization.plots import plot_pr_curves
 from proposals.external import load_proposals
@@ -120,12 +122,27 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
                     "skipped_images": timer.skipped + dataset.skipped, **made_by})
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_pr_curves(out_dir, evaluator.pr_curves(), f"{dataset.split} ({len(dataset.records)} images)")
+    if model.calibration is not None:
+        write_calibrated(out_dir, dataset, detection_set, model.classes, model.calibration, made_by)
     if show_dir is not None:
         draw_test_images(keeper.kept, model.classes, default_score_threshold(model.config.test.scorer), show_dir,
                          ranked=show_errors)
         metrics["drawn"] = f"{show_dir}: {keeper.summary()}"
     finish_run(out_dir)
     return distributed.broadcast_from_main(metrics)
+
+
+def write_calibrated(out_dir: Path, dataset: VOCDataset, detection_set: dict, classes: list[str],
+                     calibration: ScoreCalibration, made_by: dict) -> Path:
+    """``out_dir/calibrated``: the result files again with calibrated scores, a result folder of its
+    own (``tools/ensemble.py`` merges on it)."""
+    folder = Path(out_dir) / CALIBRATED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    begin_run(folder, {**made_by, "calibration": calibration.method}, RESULT_OUTPUTS)
+    write_result_files(folder, dataset.split, calibration.apply_set(detection_set), classes)
+    write_classes_file(folder, classes, dataset.split, dataset.root)
+    finish_run(folder)
+    return folder
 
 
 def write_pr_curves(out_dir: Path, curves: dict, title: str = "") -> None:

@@ -190,6 +190,15 @@ def _match_ranked(
     return _Matches(order, tp, ignored, np.where(matched, best_gt, -1), npos)
 
 
+def detection_outcomes(dets: Detections, records: Sequence[ImageRecord], class_index: int,
+                       iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, tp)`` of one class's detections as the devkit judges them (a detection matched to a
+    difficult GT box is neither, and left out), in ranking order."""
+    matches = _match_ranked(dets, records, class_index, iou_threshold)
+    kept = ~matches.ignored
+    return dets.scores[matches.order][kept], matches.tp[kept]
+
+
 def _match(
     dets: Detections, records: Sequence[ImageRecord], class_index: int, iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray, int]:

@@ -7,8 +7,9 @@ trunk's conv maps (a dataset's disk cache, or none: computed per call), is given
 
 The file holds the class list, the resolved configuration, the trunk's weights (so a randomly
 initialised or user-supplied trunk is reproduced exactly), the SPP levels, the fc head with its
-feature normalisation, the SVMs (with their feature scale) and the box regressors, as plain
-tensors and arrays.  Files written before the config had sections (``sppnet-detector-v1``, a
+feature normalisation, the SVMs (with their feature scale), the box regressors and, when it has
+one, its score calibration (``calibration``: per-class maps to calibrated scores, where they were
+fitted), as plain tensors and arrays.  Files written before the config had sections (``sppnet-detector-v1``, a
 flat config) still load: their keys are renamed (``detector.config.LEGACY_KEYS``).
 
 Since ``sppnet-detector-v3`` the file is sealed (``detector.core.integrity``: a SHA-256 of all its
@@ -34,6 +35,7 @@ from detector.features.backbones import Backbone, build_backbone
 from detector.features.convmaps import CACHE_VERSION, ConvMapCache, ConvMapProvider, backbone_fingerprint
 from detector.features.spp import SpatialPyramidPooling
 from detector.head.fc import SPPHead
+from detector.model.calibration import ScoreCalibration
 from svm.linear_svm import SVMModel
 
 FORMAT = "sppnet-detector-v3"
@@ -54,6 +56,7 @@ class DetectorModel:
     regressor: BoxRegressor | None
     conv_maps: ConvMapProvider
     source: dict[str, Any] | None = None  # the model file it was loaded from: {"path", "checksum"}
+    calibration: ScoreCalibration | None = None  # per-class maps to calibrated scores (detector.model.calibration)
 
     @property
     def scales(self) -> tuple[int, ...]:
@@ -120,6 +123,7 @@ def model_state(model: DetectorModel, stages: Mapping[str, Any] | None = None) -
         "svm": model.svm.state_dict() if model.svm is not None else None,
         "regressor": model.regressor.state_dict() if model.regressor is not None else None,
         "stages": dict(stages) if stages is not None else None,
+        **({"calibration": model.calibration.state_dict()} if model.calibration is not None else {}),
     })
 
 
@@ -163,4 +167,6 @@ def load_model(path: str | Path, device: str | None = None, cache_dir: str | Pat
                          "softmax (--scorer softmax)")
     model = build_detector(config, state["classes"], cache_dir, state)
     model.source = {"path": str(Path(path).resolve()), "checksum": state.get("checksum")}
+    if state.get("calibration") is not None:
+        model.calibration = ScoreCalibration.from_state_dict(state["calibration"])
     return model

@@ -6,7 +6,9 @@ import pytest
 from detector.core.detections import Detections
 from detector.data.demo import make_demo_dataset
 from detector.data.voc import load_voc
-from detector.engine.ensemble import cap_per_image, ensemble_result_dirs, merge_detections
+from detector.engine.ensemble import ensemble_result_dirs
+from detector.engine.merge import cap_per_image
+from detector.engine.merge import merge_nms as merge_detections
 from detector.evaluation.voc_eval import read_result_files, voc_ap, write_classes_file, write_result_files
 
 
