@@ -50,6 +50,7 @@ from svm.config import SVMConfig
 PAPER_SCALES = (480, 576, 688, 864, 1200)
 FEATURE_PATHS = ("spp", "rcnn")
 SCORERS = ("svm", "softmax")
+CALIBRATIONS = ("none", "platt", "isotonic")  # detector.model.calibration.METHODS, or none
 
 
 def _finite_at_least(name: str, value: float, low: float, strict: bool = False) -> str | None:
@@ -189,6 +190,10 @@ class Config:
     feature_path: str = "spp"
     seed: int = 0  # every random choice of every stage
     device: str = "cpu"  # "cpu" or "cuda"
+    # "platt" or "isotonic": training also fits calibrated scores (for tools/ensemble.py) on the
+    # detections of a twin trained on the split's -fit part and tested on its -holdout part
+    # (train_det.py --calibrate; detector.engine.calibrate); "none": no calibration
+    calibration: str = "none"
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -397,6 +402,8 @@ def check_config(config: Config) -> None:
     problems = []
     if config.feature_path not in FEATURE_PATHS:
         problems.append(f"feature_path must be one of {FEATURE_PATHS}, not {config.feature_path!r}")
+    if config.calibration not in CALIBRATIONS:
+        problems.append(f"calibration must be one of {CALIBRATIONS}, not {config.calibration!r}")
     if config.fc6_rank is not None and config.fc6_rank < 1:
         problems.append(f"fc6_rank must be a positive rank or None, got {config.fc6_rank}")
     if not config.scales or min(config.scales) <= 0:

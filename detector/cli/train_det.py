@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-after", choices=STOP_AFTER,
                         help="finetune: end after fine-tuning; the model has no SVMs or box regressors and "
                              "scores with the fc8 softmax (quick comparisons of fine-tuning settings)")
+    parser.add_argument("--calibrate", nargs="?", const="platt", choices=("platt", "isotonic"),
+                        help="also give the model calibrated scores (for ensemble.py): a twin is trained on the "
+                             "split's -fit part and tested on its -holdout part in OUT/calibration, and a map per "
+                             "class fitted on its detections (platt, the default, or isotonic); the same as --set "
+                             "calibration=METHOD")
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--resume", action="store_true",
                         help="only reuse or resume what is in --out; stop, naming the file and the settings "
@@ -35,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.proposals is not None:
         args.set = [*args.set, f"proposals.source={Path(args.proposals).resolve()}"]
+    if args.calibrate is not None:
+        args.set = [*args.set, f"calibration={args.calibrate}"]
     return args
 
 

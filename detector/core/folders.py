@@ -29,6 +29,7 @@ FINETUNE_FILE = "finetune.pt"  # the fine-tuned fc head (a resumable checkpoint 
 CLASSIFIERS_FILE = "classifiers.pt"  # SVMs, feature scale and box regressors
 MODEL_FILE = "model.pt"  # everything a test needs
 SUMMARY_FILE = "train_summary.json"  # stage times, skipped images, peak memory
+CALIBRATION_DIR = "calibration"  # --calibrate: the twin's training run, and its held-out results in holdout/
 
 # a result folder
 RUN_FILE = "run.json"  # {"status": "incomplete" | "complete", "made_by", "started", "finished"}

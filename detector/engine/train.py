@@ -36,7 +36,7 @@ from bbox_regression.training_pairs import select_training_pairs
 from detector.config import STOP_AFTER, Config
 from detector.core import distributed
 from detector.core.boxes import flip_boxes
-from detector.core.folders import CLASSIFIERS_FILE, FINETUNE_FILE, MODEL_FILE, SUMMARY_FILE
+from detector.core.folders import CALIBRATION_DIR, CLASSIFIERS_FILE, FINETUNE_FILE, MODEL_FILE, SUMMARY_FILE, run_state
 from detector.core.integrity import seal
 from detector.core.interrupt import set_stage
 from detector.core.io import save_checkpoint, write_json_atomic
@@ -52,7 +52,8 @@ from detector.core.runtime import (
 )
 from detector.core.timing import StageTimer
 from detector.core.windows import ImageWindows, build_windows
-from detector.data.voc import VOCDataset
+from detector.data.voc import HOLDOUT_PARTS, VOCDataset, load_voc
+from detector.engine.calibrate import fit_on_folder
 from detector.engine.run_log import RunLog
 from detector.engine.stages import (
     POLICIES,
@@ -62,11 +63,13 @@ from detector.engine.stages import (
     classifiers_provenance,
     reusable_classifiers,
 )
+from detector.engine.test import test_detector
 from detector.features.convmaps import backbone_fingerprint
 from detector.features.rcnn import RCNNFeatures
 from detector.head.finetune import finetune
 from detector.head.window_bank import PoolingContext
-from detector.model.detector import DetectorModel, build_detector, save_model
+from detector.model.calibration import ScoreCalibration
+from detector.model.detector import DetectorModel, build_detector, load_model, save_model
 from detector.model.features import WindowFeatures, window_features
 from proposals.external import load_proposals
 from svm.feature_scale import estimate_feature_scale
@@ -330,6 +333,11 @@ def _train_stages(dataset: VOCDataset, config: Config, out_dir: Path, progress: 
         provenance, svm_stats = _classifier_stage(model, train, dataset, config, classifiers_path, finetune_stats,
                                               policy, progress, history, peak_rss)
     end_stage("svm_and_regression", stage)
+    if config.calibration != "none" and stop_after is None:
+        stage = time.perf_counter()
+        set_stage("calibration")
+        model.calibration = calibration_stage(dataset, config, out_dir, progress, policy)
+        end_stage("calibration", stage)
     model_path = out_dir / MODEL_FILE
     if not distributed.is_main():
         distributed.barrier()  # returns once rank 0 has written model.pt and the summary
@@ -397,3 +405,29 @@ def _classifier_stage(model: DetectorModel, train: Sequence[ImageWindows], datas
                                                     "regressor": model.regressor.state_dict(),
                                                     "stats": svm_stats, "stage": provenance}))
     return provenance, svm_stats
+
+
+def calibration_stage(dataset: VOCDataset, config: Config, out_dir: Path, progress: bool,
+                      policy: str) -> ScoreCalibration | None:
+    """Calibrated scores for the model trained on ``dataset`` (``config.calibration``): its twin (the
+    same settings, no calibration) is trained on the split's -fit part in ``out_dir/calibration``
+    (every stage reused or resumed as usual), tested on its -holdout part (reused when that folder
+    is complete and was made by the twin), and each class's map fitted on those detections
+    (``detector.engine.calibrate``).  Returns the calibration (None on the ranks other than 0)."""
+    if dataset.split.endswith(tuple(f"-{part}" for part in HOLDOUT_PARTS)):
+        raise ValueError(f"calibration needs held-out images of split {dataset.split!r}: train on a split "
+                         "of its own (not a -fit or -holdout part)")
+    fit = load_voc(dataset.root, f"{dataset.split}-fit", dataset.classes)
+    holdout = load_voc(dataset.root, f"{dataset.split}-holdout", dataset.classes)
+    twin_dir = Path(out_dir) / CALIBRATION_DIR
+    twin_path = train_detector(fit, config.replace(calibration="none"), twin_dir, progress, policy)
+    twin = load_model(twin_path, cache_dir=cache_root(dataset.root))
+    results = twin_dir / "holdout"
+    made = ((run_state(results) or {}).get("made_by") or {}).get("model") or {}
+    if (run_state(results) or {}).get("status") != "complete" or made.get("checksum") != twin.source["checksum"]:
+        test_detector(twin, holdout, results, progress=progress)
+    else:
+        log.info("calibration: %s holds the twin's detections on %s; reusing them", results, holdout.split)
+    if not distributed.is_main():
+        return None
+    return fit_on_folder(results, dataset.root, holdout.split, dataset.classes, config.calibration)
