@@ -11,10 +11,15 @@ from proposals.config import MODES
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
-    """--voc-root / --split / --classes; no --voc-root means the embedded demo dataset."""
+    """--voc-root / --coco and --image-dir / --split / --classes; neither --voc-root nor --coco means the
+    embedded demo dataset."""
     parser.add_argument("--voc-root", type=Path,
                         help="VOC2007-style folder (Annotations/, JPEGImages/, ImageSets/Main/); "
                              "default: the embedded demo dataset, generated on first use")
+    parser.add_argument("--coco", type=Path, metavar="FILE.json",
+                        help="a dataset in COCO JSON instead: the annotation file (with --image-dir); its split is "
+                             "the file's name")
+    parser.add_argument("--image-dir", type=Path, metavar="DIR", help="with --coco: the folder its file_name are in")
     parser.add_argument("--split", help=f"split file name in ImageSets/Main (default: {default_split}; a "
                                         "dataset without one needs --split)")
     parser.add_argument("--classes", nargs="+", help="class names (default: from the annotations)")

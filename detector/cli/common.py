@@ -13,7 +13,7 @@ from pathlib import Path
 from detector.config import Config, make_config
 from detector.core import distributed
 from detector.data.demo import make_demo_dataset
-from detector.data.voc import VOCDataset, load_voc, split_file
+from detector.data.voc import HOLDOUT_PARTS, VOCDataset, load_voc, split_file
 from proposals.cache import ProposalCache, default_cache_folder
 
 
@@ -37,7 +37,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for attribute, key in shortcuts.items():
         if getattr(args, attribute, None) is not None:
             overrides[key] = getattr(args, attribute)
-    preset = args.preset or ("cpu" if args.voc_root is not None else "demo")
+    preset = args.preset or ("cpu" if args.voc_root is not None or getattr(args, "coco", None) is not None else "demo")
     try:
         return make_config(preset, overrides, args.config)
     except ValueError as error:
@@ -45,15 +45,40 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def dataset_root_from_args(args: argparse.Namespace) -> Path:
-    """The dataset folder named by --voc-root, or the demo dataset's (built when missing)."""
+    """The dataset folder named by --voc-root (or the image folder of --coco), or the demo dataset's
+    (built when missing): what its cache is keyed by."""
+    if getattr(args, "coco", None) is not None:
+        if args.image_dir is None:
+            raise ValueError("--coco FILE needs --image-dir DIR (the folder of its file_name)")
+        return args.image_dir
     return args.voc_root if args.voc_root is not None else make_demo_dataset()
+
+
+def coco_dataset_from_args(args: argparse.Namespace, classes: list[str] | None = None) -> VOCDataset:
+    """The dataset of --coco FILE --image-dir DIR; --split, when given, is the file's name (its stem) or
+    that name with -fit / -holdout (its held-out fifth left out, or alone)."""
+    from detector.data.coco import load_coco
+
+    if args.image_dir is None or args.voc_root is not None:
+        raise ValueError("--coco FILE needs --image-dir DIR (the folder of its file_name), and no --voc-root")
+    dataset = load_coco(args.coco, args.image_dir, classes or args.classes)
+    if args.split in (None, dataset.split):
+        return dataset
+    base, _, part = args.split.rpartition("-")
+    if base != dataset.split or part not in HOLDOUT_PARTS:
+        raise ValueError(f"with --coco the split is the file's name ({dataset.split}), or {dataset.split}-fit / "
+                         f"{dataset.split}-holdout, not {args.split!r}")
+    return dataset.part(part)
 
 
 def dataset_from_args(args: argparse.Namespace, default_split: str,
                       classes: list[str] | None = None) -> VOCDataset:
     """Load the split named by the arguments (building the demo dataset when none is named); with
     no --split, ``default_split`` ("train" to train, "test" to test), refused by name when the
-    dataset has no such split (a test never falls back to training images)."""
+    dataset has no such split (a test never falls back to training images).  With --coco the
+    dataset is the COCO file's (``coco_dataset_from_args``)."""
+    if getattr(args, "coco", None) is not None:
+        return coco_dataset_from_args(args, classes)
     root = dataset_root_from_args(args)
     split = args.split or default_split
     if args.split is None and not split_file(root, split).is_file():

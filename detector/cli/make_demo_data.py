@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=240, help="number of training images")
     parser.add_argument("--test", type=int, default=120, help="number of test images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--format", choices=("voc", "coco"), default="voc",
+                        help="voc: the VOC layout; coco: also ROOT/coco/train.json and test.json, COCO annotation "
+                             "files of the same images (in ROOT/JPEGImages) and boxes (default voc)")
     args = parser.parse_args(argv)
     import numpy as np
 
@@ -33,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         labels = np.concatenate([record.labels for record in dataset.records])
         per_class = dict(zip(dataset.classes, np.bincount(labels, minlength=len(dataset.classes)).tolist()))
         print(f"  {split}: {len(dataset.records)} images, {len(labels)} objects, per class {per_class}")
+        if args.format == "coco":  # the classes in the order the VOC reader finds them: the same labels
+            from detector.data.coco import write_coco
+
+            found = load_voc(root, split, sorted(DEMO_CLASSES))
+            path = write_coco(found, root / "coco" / f"{split}.json", root / "JPEGImages")
+            print(f"  wrote {path} (--coco {path} --image-dir {root / 'JPEGImages'})")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ from detector.cli.base import HelpFormatter, add_pixel_limit_argument, tool_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model.pt written by tools/train_det.py")
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image files or folders")
+    parser.add_argument("--coco", type=Path, metavar="FILE.json",
+                        help="also the images a COCO annotation file lists (with --image-dir: their folder)")
+    parser.add_argument("--image-dir", type=Path, metavar="DIR", help="with --coco: the folder its file_name are in")
     parser.add_argument("--out", type=Path, required=True, help="output folder (not one holding the inputs)")
     parser.add_argument("--score-threshold", type=float,
                         help="keep detections scoring at least this (default: 0.0 for SVM, 0.5 for softmax)")
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_pixel_limit_argument(parser)
     args = parser.parse_args(argv)
+    if not args.inputs and args.coco is None:
+        parser.error("give image files or folders, or --coco FILE.json --image-dir DIR")
+    if (args.coco is None) != (args.image_dir is None):
+        parser.error("--coco and --image-dir go together")
 
     from detector.cli.common import setup_logging
     from detector.core.folders import RECORDS_FILE, STREAM_FILE
@@ -53,8 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     from proposals.external import ExternalProposals
 
     setup_logging()
-    check_out_folder(args.out, args.inputs)
+    check_out_folder(args.out, args.inputs + ([args.image_dir] if args.image_dir is not None else []))
     files = image_files(args.inputs)
+    if args.coco is not None:
+        from detector.data.coco import read_coco
+
+        files += [args.image_dir / str(image.get("file_name", "")) for image in read_coco(args.coco).dataset["images"]]
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(map(str, args.inputs))}; "
                          "nothing was written")

@@ -11,14 +11,18 @@ def cache_base() -> Path:
     return Path(os.environ.get("SPPNET_CACHE", "~/.cache/sppnet")).expanduser()
 
 
-def cache_root(voc_root: str | Path) -> Path:
-    """Cache folder of a dataset: ``$SPPNET_CACHE`` (default ``~/.cache/sppnet``) / ``<name>-<hash>``.
-
-    The hash of the resolved dataset path keeps two datasets with the same folder name apart.
-    """
-    resolved = Path(voc_root).expanduser().resolve()
-    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
-    return cache_base() / f"{resolved.name}-{digest}"
+def cache_root(root: str | Path) -> Path:
+    """Cache folder of a dataset's images: ``$SPPNET_CACHE`` (default ``~/.cache/sppnet``) /
+    ``<name>-<hash>``, keyed by the folder the images are in (a VOC dataset's ``JPEGImages``, a COCO
+    dataset's image folder), so the same images in either format share their proposals and conv
+    maps.  ``root``: a VOC folder or an image folder.  The hash of the resolved path keeps two
+    folders with the same name apart; the name is the dataset's (``VOC2007`` for
+    ``VOC2007/JPEGImages``)."""
+    root = Path(root).expanduser()
+    images = (root / "JPEGImages").resolve() if (root / "JPEGImages").is_dir() else root.resolve()
+    digest = hashlib.sha1(str(images).encode()).hexdigest()[:8]
+    name = images.parent.name if images.name == "JPEGImages" else images.name
+    return cache_base() / f"{name}-{digest}"
 
 
 def check_name(name: str, what: str) -> str:

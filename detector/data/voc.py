@@ -46,6 +46,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -85,7 +86,9 @@ class Annotation:
 
 @dataclass
 class VOCDataset:
-    """One split of a VOC-layout dataset: its class list, its usable images, what was wrong."""
+    """One split of a dataset: its class list, its usable images, what was wrong.  Both readers give
+    one: ``load_voc`` (``root``: the VOC folder) and ``detector.data.coco.load_coco`` (``root``: the
+    image folder; ``coco``: the file and its own ids)."""
 
     root: Path
     split: str
@@ -93,6 +96,17 @@ class VOCDataset:
     records: list[ImageRecord]
     problems: list[str]
     skipped: int = 0  # images of the split file refused by the loader (named in ``problems``)
+    coco: Any = None  # detector.data.coco.CocoSource of a COCO dataset, else None
+
+    def part(self, part: str) -> "VOCDataset":
+        """The split without (``"fit"``) or with only (``"holdout"``) its held-out fifth (``in_holdout``),
+        named ``<split>-fit`` / ``<split>-holdout``: what ``--split NAME-fit`` loads."""
+        if part not in HOLDOUT_PARTS:
+            raise ValueError(f"part must be one of {HOLDOUT_PARTS}, not {part!r}")
+        records = [r for r in self.records if in_holdout(r.image_id) == (part == "holdout")]
+        if not records:
+            raise ValueError(f"split {self.split} leaves no image in its {part} part")
+        return dataclasses.replace(self, split=f"{self.split}-{part}", records=records, skipped=0)
 
     def first(self, count: int) -> "VOCDataset":
         """The split cut to its first ``count`` images (quick runs on a subset; evaluation then
@@ -342,7 +356,7 @@ def _record(
     )
 
 
-def _report(problems: Sequence[str], split: str) -> None:
+def report_problems(problems: Sequence[str], split: str) -> None:
     """Log the first problems as warnings and a count of the rest."""
     for problem in problems[:MAX_LOGGED_PROBLEMS]:
         log.warning("%s", problem)
@@ -405,7 +419,7 @@ def load_voc(root: str | Path, split: str, classes: Sequence[str] | None = None)
         if record is not None:
             records.append(record)
 
-    _report(problems, split)
+    report_problems(problems, split)
     if not records:
         raise ValueError(
             f"no usable image in split {split} of {root} ({len(problems)} problems, first: {problems[:1]})"

@@ -36,9 +36,9 @@ from detector.core.timing import StageTimer
 from detector.data.voc import VOCDataset
 from detector.engine.show import KeepForShow, draw_test_images
 from detector.engine.stages import check_writable
-from detector.evaluation.coco_eval import detections_to_coco_json
+from detector.evaluation.coco_eval import coco_file_metrics, detections_in_file_ids, detections_to_coco_json
 from detector.evaluation.evaluator import VOCEvaluator
-from detector.evaluation.voc_eval import write_classes_file, write_pr_curves_json, write_result_files
+from detector.evaluation.voc_eval import json_number, write_classes_file, write_pr_curves_json, write_result_files
 from detector.inference.detect import detect
 from detector.inference.predictor import default_score_threshold
 from detector.model.calibration import ScoreCalibration
@@ -105,7 +105,7 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     if distributed.is_main():
         begin_run(out_dir, made_by, RESULT_OUTPUTS)
         write_classes_file(out_dir, model.classes, dataset.split, dataset.root)
-    evaluator = VOCEvaluator(model.classes, use_07_metric)
+    evaluator = VOCEvaluator(model.classes, use_07_metric, coco=dataset.coco is None)  # a COCO file: COCOeval on it
     keeper = KeepForShow(evaluator, show if show_dir is not None else 0,
                          default_score_threshold(model.config.test.scorer), show_errors)
     timer = run_detector(model, dataset, keeper, progress)
@@ -114,9 +114,8 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
     set_stage("writing results")
     detection_set = evaluator.detection_set()
     write_result_files(out_dir, dataset.split, detection_set, model.classes)
-    write_json_atomic(out_dir / COCO_FILE,
-               detections_to_coco_json(detection_set, dataset.records, model.classes))
     metrics = evaluator.evaluate()
+    metrics.update(write_coco_results(out_dir, dataset, detection_set, model.classes))
     metrics["seconds_per_image"] = timer.per_image()
     metrics.update({"split": dataset.split, "dataset": str(dataset.root), "classes": list(model.classes),
                     "skipped_images": timer.skipped + dataset.skipped, **made_by})
@@ -130,6 +129,24 @@ def test_detector(model: DetectorModel, dataset: VOCDataset, out_dir: Path,
         metrics["drawn"] = f"{show_dir}: {keeper.summary()}"
     finish_run(out_dir)
     return distributed.broadcast_from_main(metrics)
+
+
+def write_coco_results(out_dir: Path, dataset: VOCDataset, detection_set: dict, classes: list[str]) -> dict:
+    """Write ``detections_coco.json``; for a COCO dataset with the file's own image and category ids,
+    and return the metrics ``COCOeval`` gives on the file (``"coco"``, and ``"coco_ap50"`` per class),
+    which replace those of the in-memory copy of the ground truth."""
+    if dataset.coco is None:
+        write_json_atomic(out_dir / COCO_FILE, detections_to_coco_json(detection_set, dataset.records, classes))
+        return {}
+    source = dataset.coco
+    results = detections_in_file_ids(detection_set, classes, source.image_ids, source.category_ids)
+    write_json_atomic(out_dir / COCO_FILE, results)
+    overall, per_class = coco_file_metrics(source.annotation_file, results,
+                                           [source.image_ids[r.image_id] for r in dataset.records],
+                                           source.category_ids, classes)
+    return {"coco": {k: json_number(v) for k, v in overall.items()},
+            "coco_ap50": {k: json_number(v) for k, v in per_class.items()},
+            "annotation_file": str(source.annotation_file)}
 
 
 def write_calibrated(out_dir: Path, dataset: VOCDataset, detection_set: dict, classes: list[str],

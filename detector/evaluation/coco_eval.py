@@ -24,6 +24,7 @@ import io
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -116,3 +117,47 @@ def coco_metrics(
     log.debug("pycocotools output:\n%s", printed.getvalue())
     stats = evaluator.stats
     return {name: float(stats[i]) if stats[i] >= 0 else math.nan for name, i in COCO_METRICS.items()}
+
+
+def detections_in_file_ids(detection_set: DetectionSet, classes: Sequence[str], image_ids: dict[str, int],
+                           category_ids: Sequence[int]) -> list[dict]:
+    """Detections in COCO's results format with a COCO dataset's own ``image_id`` and ``category_id``
+    (``detector.data.coco.CocoSource``): ready to submit, or to ``COCO.loadRes`` on its file."""
+    check_class_names(detection_set, classes)
+    results = []
+    for name, category_id in zip(classes, category_ids):
+        dets = detection_set.get(name)
+        if dets is None or len(dets) == 0:
+            continue
+        for image_id, score, bbox in zip(dets.image_ids.tolist(), dets.scores.tolist(), _xywh(dets.boxes).tolist()):
+            results.append({"image_id": image_ids[image_id], "category_id": int(category_id), "bbox": bbox,
+                            "score": score})
+    return results
+
+
+def coco_file_metrics(annotation_file: str | Path, detections: list[dict], image_ids: Sequence[int],
+                      category_ids: Sequence[int], classes: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """``COCOeval`` on a dataset's own file and its detections (``detections_in_file_ids``), over the
+    images the test ran on: the box metrics as ``coco_metrics`` gives them, and each class's AP at
+    IoU 0.5 (NaN where undefined)."""
+    from detector.data.coco import read_coco
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        gt = read_coco(annotation_file)
+        evaluator = COCOeval(gt, _results(gt, detections), iouType="bbox")
+        evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    log.debug("pycocotools output:\n%s", printed.getvalue())
+    stats = evaluator.stats
+    metrics = {name: float(stats[i]) if stats[i] >= 0 else math.nan for name, i in COCO_METRICS.items()}
+    precision = evaluator.eval["precision"]  # IoU thresholds x recall points x categories x areas x max dets
+    order = list(evaluator.params.catIds)
+    per_class = {}
+    for name, category_id in zip(classes, category_ids):
+        values = precision[0, :, order.index(int(category_id)), 0, -1]
+        values = values[values > -1]
+        per_class[name] = float(values.mean()) if len(values) else math.nan
+    return metrics, per_class

@@ -495,9 +495,14 @@ def format_ap_table(metrics: Mapping) -> str:
     metric = {"voc07": "VOC07 11-point", "voc10": "VOC10 area"}.get(metrics.get("metric"), "VOC")
     ap = metrics["ap"]
     width = max([len(name) for name in ap] + [len("class")])
-    left = [f"{'class':<{width}}  {'AP':>6}", "-" * (width + 8)]
-    left += [f"{name:<{width}}  {_percent(value):>6}" for name, value in ap.items()]
-    left += ["-" * (width + 8), f"{'mAP':<{width}}  {_percent(metrics['mAP']):>6}"]
+    ap50 = metrics.get("coco_ap50")  # a COCO dataset: COCOeval's AP at IoU 0.5 per class, beside
+    extra = (lambda name: f"  {_percent(ap50.get(name)):>8}") if ap50 else (lambda name: "")
+    rule = "-" * (width + 8 + (10 if ap50 else 0))
+    left = [f"{'class':<{width}}  {'AP':>6}" + ("  COCO AP50" if ap50 else ""), rule]
+    left += [f"{name:<{width}}  {_percent(value):>6}" + extra(name) for name, value in ap.items()]
+    mean50 = [v for v in (ap50 or {}).values() if v is not None]
+    left += [rule, f"{'mAP':<{width}}  {_percent(metrics['mAP']):>6}"
+             + (f"  {_percent(sum(mean50) / len(mean50) if mean50 else None):>8}" if ap50 else "")]
     coco = metrics.get("coco", {})
     right = ["COCO bbox", "-" * 14] + [
         f"{name:<6}  {_percent(coco[name]):>6}" for name in COCO_METRICS if name in coco
@@ -505,6 +510,6 @@ def format_ap_table(metrics: Mapping) -> str:
     rows = max(len(left), len(right))
     left += [""] * (rows - len(left))
     right += [""] * (rows - len(right))
-    left_width = width + 8
+    left_width = len(rule)
     table = [f"{a:<{left_width}}   |  {b}".rstrip() for a, b in zip(left, right)]
     return f"AP per class ({metric}, percent)\n" + "\n".join(table)
