@@ -2,7 +2,7 @@
 
 DIR also gets the run's record: config.json, train.log, history.jsonl, training_curves.png.
 Under torchrun (torchrun --nproc_per_node N tools/train_det.py ...) the ranks share the work and
-rank 0 writes DIR's files (README, "Running on several processes")."""
+rank 0 writes DIR's files (docs/distributed.md)."""
 from __future__ import annotations
 
 import argparse
