@@ -114,7 +114,7 @@ def check_pixels(path: Path, width: int, height: int) -> None:
     """Refuse an image over ``max_image_pixels()`` in one line naming the file and the limit."""
     limit = max_image_pixels()
     if width * height > limit:
-        raise ImageReadError(path, f"{width}x{height} is {width * height / 1e6:.0f} MP, over the limit of "
+        raise ImageReadError(path, f"{width}x{height} is {width * height / 1e6:.3g} MP, over the limit of "
                                    f"{limit / 1e6:g} MP (raise it with --max-image-pixels or {MAX_PIXELS_VARIABLE})")
 
 

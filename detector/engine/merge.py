@@ -107,7 +107,8 @@ def merge_average(parts: Sequence[Detections], match_iou: float = 0.5) -> Detect
     """Score averaging of matched detections, a missing model counting 0 (module docstring)."""
     ids, scores, boxes, positions = [], [], [], []
     for rows, merged, model in _by_image(parts):
-        overlaps = iou_matrix(merged.boxes[rows], merged.boxes[rows])
+        matches = iou_matrix(merged.boxes[rows], merged.boxes[rows]) >= match_iou
+        of_model = [model[rows] == other for other in range(len(parts))]  # computed once per image
         taken = np.zeros(len(rows), dtype=bool)
         group_scores, group_boxes, leaders = [], [], []
         for i in range(len(rows)):
@@ -117,7 +118,7 @@ def merge_average(parts: Sequence[Detections], match_iou: float = 0.5) -> Detect
             for other in range(len(parts)):
                 if other == model[rows[i]]:
                     continue
-                free = np.flatnonzero(~taken & (model[rows] == other) & (overlaps[i] >= match_iou))
+                free = np.flatnonzero(~taken & of_model[other] & matches[i])
                 if len(free):
                     group.append(int(free[0]))  # rows are best first: the best-scored free match
             taken[group] = True
