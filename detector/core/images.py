@@ -114,8 +114,13 @@ def check_pixels(path: Path, width: int, height: int) -> None:
     """Refuse an image over ``max_image_pixels()`` in one line naming the file and the limit."""
     limit = max_image_pixels()
     if width * height > limit:
-        raise ImageReadError(path, f"{width}x{height} is {width * height / 1e6:.3g} MP, over the limit of "
-                                   f"{limit / 1e6:g} MP (raise it with --max-image-pixels or {MAX_PIXELS_VARIABLE})")
+        raise ImageReadError(path, f"{width}x{height} is {_megapixels(width * height)}, over the limit of "
+                                   f"{_megapixels(limit)} (raise it with --max-image-pixels or {MAX_PIXELS_VARIABLE})")
+
+
+def _megapixels(pixels: int) -> str:
+    """``pixels`` in MP to 3 significant digits, never as an exponent: 900 MP, 0.14 MP, 1600 MP."""
+    return np.format_float_positional(pixels / 1e6, precision=3, fractional=False, trim="-") + " MP"
 
 
 @contextmanager
