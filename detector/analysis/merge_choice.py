@@ -6,9 +6,11 @@ halves (alternate images of the split file); each model's calibration is fitted 
 every merge rule is measured on the other, then the halves swap, so no map is judged on the
 detections it was fitted on.  A cell of the choice is, per half, the merged mAP minus the better
 model's and the classes where the merge is ahead of every model; their mean over the two halves
-decides.  (Fitting on one half and pooling the other halves' calibrated detections in one ranking,
-2-fold cross-fitting, mixes two maps per class in one ranking: it cost calibration about 2 points
-on VOC, which is why each half is scored on its own.)
+decides.  The better model is judged by its own (raw) mAP, the figure ``test_det.py`` gives it: a
+Platt map leaves a model's ranking as it was, an isotonic map ties scores, so an isotonic cell
+includes what those ties cost each model as well as what the merge gains.  (2-fold cross-fitting,
+the two halves' calibrated detections pooled in one ranking, mixes two maps per class in one
+ranking: it cost calibration about 2 points on VOC, which is why each half is scored on its own.)
 """
 from __future__ import annotations
 
