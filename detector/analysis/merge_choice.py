@@ -24,10 +24,9 @@ from detector.core.detections import Detections
 from detector.core.folders import check_complete
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
-from detector.engine.ensemble import check_same_classes, check_same_origin
-from detector.engine.merge import RULES, cap_per_image, merge_rule
+from detector.engine.ensemble import check_same_classes, check_same_origin, evaluated
+from detector.engine.merge import RULES, merge_sets
 from detector.evaluation.calibration import fit_calibration
-from detector.evaluation.evaluator import VOCEvaluator
 from detector.evaluation.voc_eval import read_result_files
 from detector.model.calibration import METHODS
 
@@ -79,21 +78,13 @@ def restrict(detection_set: Mapping[str, Detections], records: Sequence[ImageRec
     return out
 
 
-def voc_metrics(records: Sequence[ImageRecord], detection_set: Mapping[str, Detections], classes: Sequence[str],
-                use_07_metric: bool) -> dict:
-    """The devkit's mAP and per-class AP of ``detection_set`` on ``records`` (no COCO metrics)."""
-    evaluator = VOCEvaluator(classes, use_07_metric, coco=False)
-    evaluator.process_set(records, detection_set)
-    return evaluator.evaluate()
-
-
 def measure_half(fit: Sequence[ImageRecord], measure: Sequence[ImageRecord], sets: Sequence[Mapping[str, Detections]],
                  classes: Sequence[str], scores: Sequence[str], rules: Sequence[str], max_per_image: int = 100,
                  use_07_metric: bool = True) -> tuple[tuple[float, ...], dict[tuple[str, str], Cell]]:
     """Every model's mAP on ``measure`` and, for each kind of ``scores`` (maps fitted on ``fit``) and
     each rule, the merge's cell on ``measure``."""
     measured = [restrict(s, measure) for s in sets]
-    inputs = [voc_metrics(measure, s, classes, use_07_metric) for s in measured]
+    inputs = [evaluated(measure, s, classes, use_07_metric, coco=False).evaluate() for s in measured]
     best = max(m["mAP"] for m in inputs)
     cells = {}
     for kind in scores:
@@ -103,9 +94,8 @@ def measure_half(fit: Sequence[ImageRecord], measure: Sequence[ImageRecord], set
             merged_sets = [fit_calibration(restrict(s, fit), fit, classes, kind).apply_set(m)
                            for s, m in zip(sets, measured)]
         for rule in rules:
-            merge = merge_rule(rule)
-            merged = cap_per_image({c: merge([s[c] for s in merged_sets]) for c in classes}, max_per_image)
-            found = voc_metrics(measure, merged, classes, use_07_metric)
+            merged = merge_sets(merged_sets, classes, rule, max_per_image)
+            found = evaluated(measure, merged, classes, use_07_metric, coco=False).evaluate()
             ahead = tuple(c for c in classes if found["ap"].get(c) is not None  # None: no object of c in the half
                           and all(m["ap"].get(c) is not None and found["ap"][c] > m["ap"][c] for m in inputs))
             cells[kind, rule] = Cell(found["mAP"], found["mAP"] - best, ahead)

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from detector.core.folders import (
 )
 from detector.core.records import ImageRecord
 from detector.data.voc import load_voc
-from detector.engine.merge import cap_per_image, merge_rule
+from detector.engine.merge import merge_rule, merge_sets
 from detector.engine.test import write_pr_curves
 from detector.evaluation.bootstrap import paired_bootstrap, per_image, rank_matches
 from detector.evaluation.evaluator import VOCEvaluator
@@ -111,8 +111,9 @@ def check_same_classes(result_dirs: Sequence[Path], split: str) -> list[str]:
     return first
 
 
-def _evaluator(records: Sequence[ImageRecord], detection_set: dict[str, Detections], classes: Sequence[str],
-               use_07_metric: bool, coco: bool = True) -> VOCEvaluator:
+def evaluated(records: Sequence[ImageRecord], detection_set: Mapping[str, Detections], classes: Sequence[str],
+              use_07_metric: bool, coco: bool = True) -> VOCEvaluator:
+    """An evaluator that has processed ``detection_set`` on ``records`` (``evaluate()`` gives the metrics)."""
     evaluator = VOCEvaluator(classes, use_07_metric, coco)
     evaluator.process_set(records, detection_set)
     return evaluator
@@ -161,7 +162,7 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     with the paired bootstrap's 90% interval over the images) and ``"incomplete_inputs"``."""
     if len(result_dirs) < 2:
         raise ValueError("give at least two result folders to combine")
-    merge = merge_rule(rule, nms_iou, vote_iou, match_iou)  # an unknown rule is refused before any work
+    merge_rule(rule)  # an unknown rule is refused before any work
     check_distinct_folders(result_dirs, out_dir)
     incomplete = [str(d) for d in result_dirs if not check_complete(d, allow_incomplete)]
     check_same_origin(result_dirs, split, voc_root)
@@ -170,14 +171,14 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
     ids = [r.image_id for r in dataset.records]
     sets, uncalibrated = read_inputs(result_dirs, split, classes, ids, calibrated, allow_incomplete)
     used_calibration = not uncalibrated
-    inputs = {str(d): _evaluator(dataset.records, s, classes, use_07_metric, coco=False).evaluate()  # VOC AP only
+    inputs = {str(d): evaluated(dataset.records, s, classes, use_07_metric, coco=False).evaluate()  # VOC AP only
               for d, s in zip(result_dirs, sets)}
-    merged = cap_per_image({c: merge([s[c] for s in sets]) for c in classes}, max_per_image)
+    merged = merge_sets(sets, classes, rule, max_per_image, nms_iou, vote_iou, match_iou)
     begin_run(out_dir, {"merged": [str(Path(d).resolve()) for d in result_dirs], "rule": rule,
                         "calibrated": used_calibration}, RESULT_OUTPUTS)
     write_result_files(out_dir, split, merged, classes)
     write_classes_file(out_dir, classes, split, voc_root)
-    evaluator = _evaluator(dataset.records, merged, classes, use_07_metric)
+    evaluator = evaluated(dataset.records, merged, classes, use_07_metric)
     metrics = {"split": split, **evaluator.evaluate(), "rule": rule, "calibrated": used_calibration,
                "uncalibrated_inputs": uncalibrated,
                "inputs": {d: m["mAP"] for d, m in inputs.items()}, "input_ap": {d: m["ap"] for d, m in inputs.items()},

@@ -148,6 +148,13 @@ def merge_rule(rule: str, nms_iou: float = 0.3, vote_iou: float = 0.5,
     raise ValueError(f"merge rule must be one of {RULES}, not {rule!r}")
 
 
+def merge_sets(sets: Sequence[dict[str, Detections]], classes: Sequence[str], rule: str, max_per_image: int = 100,
+               nms_iou: float = 0.3, vote_iou: float = 0.5, match_iou: float = 0.5) -> dict[str, Detections]:
+    """Several models' detection sets merged class by class by ``rule``, then capped per image."""
+    merge = merge_rule(rule, nms_iou, vote_iou, match_iou)
+    return cap_per_image({c: merge([s[c] for s in sets]) for c in classes}, max_per_image)
+
+
 def cap_per_image(detection_set: dict[str, Detections], max_per_image: int) -> dict[str, Detections]:
     """Keep each image's ``max_per_image`` best-scored detections over all classes."""
     names = list(detection_set)
