@@ -232,7 +232,8 @@ LEGACY_KEYS: dict[str, str] = {
     "softmax_threshold": "test.softmax_threshold",
 }
 
-# chosen on dev_train's held-out fifth, then measured once on dev_val (docs/results.md, "Toward the paper's accuracy")
+# chosen on dev_train's held-out fifth, then measured once on dev_val
+# (docs/results.md, "Accuracy levers and ablations")
 _CPU: dict[str, Any] = {
     "backbone": "efficientnet_lite2",  # ImageNet top-1 77.6 (Lite0 75.1); dev_val mAP 53.1 vs 50.3
     "backbone_options": {"feature_stride": 16, "dilated": True},  # the last block at stride 16
@@ -246,12 +247,12 @@ _CPU: dict[str, Any] = {
     # held-out images for this trunk): held-out mAP 53.0 vs 51.9 at the paper's 0.3, 52.3 at 0.1
     "svm.neg_iou": 0.2,
     # tested at three of the paper's five scales, trained at 688: held-out mAP 52.0 vs 50.2 at
-    # 688 alone, 1.64x its test time where all five cost 3.09x (docs/results.md, "Five scales")
+    # 688 alone, 1.64x its test time where all five cost 3.09x (docs/results.md, "Scales and their cost")
     "test.scales": (480, 576, 864),
     # the SVMs (the scorer: the class default) and box regressors learn from windows pooled at the
     # test scales, as they are scored: held-out SVMs 56.9 vs 55.5 learnt at 688 (softmax 56.6);
-    # dev_val SVMs 59.1, softmax 58.4 (docs/results.md, "SVMs"); the maps of those scales cost 1.43x the
-    # 688 maps (both flips) to compute, once
+    # dev_val SVMs 59.1, softmax 58.4 (docs/results.md, "SVMs learnt at the scales they are scored
+    # at"); the maps of those scales cost 1.43x the 688 maps (both flips) to compute, once
     "svm.scales": (480, 576, 864),
 }
 
