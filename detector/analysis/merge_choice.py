@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from detector.core.detections import Detections
-from detector.core.folders import check_complete
 from detector.core.records import ImageRecord
-from detector.data.voc import load_voc
-from detector.engine.ensemble import check_same_classes, check_same_origin, evaluated
+from detector.engine.ensemble import checked_inputs, evaluated
 from detector.engine.merge import RULES, merge_sets
 from detector.evaluation.calibration import fit_calibration
 from detector.evaluation.voc_eval import read_result_files
@@ -110,11 +108,8 @@ def choose_merge(voc_root: Path, split: str, result_dirs: Sequence[Path], scores
     unknown = [k for k in scores if k not in SCORES] + [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown scores or rules {unknown}: scores are {SCORES}, rules {RULES}")
-    for folder in result_dirs:
-        check_complete(folder)
-    check_same_origin(result_dirs, split, voc_root)
-    classes = check_same_classes(result_dirs, split)
-    dataset = load_voc(voc_root, split, classes)
+    dataset, _ = checked_inputs(voc_root, split, result_dirs)
+    classes = dataset.classes
     sets = [read_result_files(d, split, classes, image_ids=[r.image_id for r in dataset.records])
             for d in result_dirs]
     first, second = halves(dataset.records)

@@ -31,7 +31,7 @@ from detector.core.folders import (
     finish_run,
 )
 from detector.core.records import ImageRecord
-from detector.data.voc import load_voc
+from detector.data.voc import VOCDataset, load_voc
 from detector.engine.merge import merge_rule, merge_sets
 from detector.engine.test import write_pr_curves
 from detector.evaluation.bootstrap import paired_bootstrap, per_image, rank_matches
@@ -134,6 +134,15 @@ def check_distinct_folders(result_dirs: Sequence[Path], out_dir: Path) -> None:
                          "results: write it to a new folder")
 
 
+def checked_inputs(voc_root: Path, split: str, result_dirs: Sequence[Path],
+                   allow_incomplete: bool = False) -> tuple[VOCDataset, list[str]]:
+    """The dataset of result folders checked to be complete (unless ``allow_incomplete``), of ``split``
+    of ``voc_root`` and of one class list; returns it (with that class list) and the incomplete folders."""
+    incomplete = [str(d) for d in result_dirs if not check_complete(d, allow_incomplete)]
+    check_same_origin(result_dirs, split, voc_root)
+    return load_voc(voc_root, split, check_same_classes(result_dirs, split)), incomplete
+
+
 def read_inputs(result_dirs: Sequence[Path], split: str, classes: Sequence[str], image_ids: Sequence[str],
                 calibrated: bool, allow_incomplete: bool) -> tuple[list[dict[str, Detections]], list[str]]:
     """Each folder's detections: its calibrated scores (``<folder>/calibrated``, written by
@@ -164,10 +173,8 @@ def ensemble_result_dirs(voc_root: Path, split: str, result_dirs: Sequence[Path]
         raise ValueError("give at least two result folders to combine")
     merge_rule(rule)  # an unknown rule is refused before any work
     check_distinct_folders(result_dirs, out_dir)
-    incomplete = [str(d) for d in result_dirs if not check_complete(d, allow_incomplete)]
-    check_same_origin(result_dirs, split, voc_root)
-    classes = check_same_classes(result_dirs, split)
-    dataset = load_voc(voc_root, split, classes)
+    dataset, incomplete = checked_inputs(voc_root, split, result_dirs, allow_incomplete)
+    classes = dataset.classes
     ids = [r.image_id for r in dataset.records]
     sets, uncalibrated = read_inputs(result_dirs, split, classes, ids, calibrated, allow_incomplete)
     used_calibration = not uncalibrated
